@@ -1,0 +1,294 @@
+"""Reading structures from files and building crystal-text datasets.
+
+Sources: CDVAE-format CSVs (a `cif` column plus property columns), folders of CIF files, multi-block
+CIF files, extended XYZ, and JSON lines with a `cif` or crystal `text` field. Whatever cannot be
+read is counted and reported with its reason, never dropped silently.
+
+A built dataset is saved Hub-shaped (`data/{split}-00000-of-00001.parquet` + `README.md` card), so
+`datasets.load_dataset(folder)` reads it and the same folder is what `push_to_hub` uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset, DatasetDict, load_dataset
+from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from tqdm.auto import tqdm
+
+from hf_crystal.text import encode, try_decode
+
+__all__ = [
+    "BuildReport",
+    "DataFormatError",
+    "Record",
+    "build_dataset",
+    "iter_records",
+    "load_crystal_dataset",
+    "read_structures",
+    "save_dataset",
+]
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+# Tolerance for space-group detection; 0.1 Å is what the Materials Project uses.
+SYMPREC = 0.1
+# Columns the builder computes; a source column with one of these names is kept as "source_<name>".
+COMPUTED_COLUMNS = (
+    "material_id",
+    "cif",
+    "text",
+    "formula",
+    "full_formula",
+    "elements",
+    "n_atoms",
+    "spacegroup",
+)
+
+
+class DataFormatError(ValueError):
+    """A file or folder that is not one of the supported structure sources."""
+
+
+@dataclass
+class Record:
+    """One entry of a source: its id, its structure (None if unreadable) and its other columns."""
+
+    material_id: str
+    structure: Structure | None
+    properties: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    cif: str | None = None
+
+
+def _parse_cif(material_id: str, cif: str, properties: dict | None = None) -> Record:
+    try:
+        structure = Structure.from_str(cif, fmt="cif")
+    except Exception as err:  # pymatgen raises many types for malformed CIFs
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Record(material_id, None, properties or {}, error=f"CIF: {reason}", cif=cif)
+    return Record(material_id, structure, properties or {}, cif=cif)
+
+
+def _split_cif_blocks(text: str) -> list[str]:
+    starts = [m.start() for m in re.finditer(r"^data_", text, flags=re.MULTILINE)]
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)] or [text]
+
+
+def _records_from_csv(path: Path) -> Iterator[Record]:
+    frame = pd.read_csv(path)
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("Unnamed:")])
+    if "cif" not in frame.columns:
+        raise DataFormatError(f"{path}: a CDVAE-format CSV needs a 'cif' column; found {list(frame.columns)}")
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        cif = row.pop("cif")
+        material_id = str(row.pop("material_id", f"{path.stem}-{i}"))
+        properties = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+        if not isinstance(cif, str):
+            yield Record(material_id, None, properties, error="empty 'cif' cell")
+        else:
+            yield _parse_cif(material_id, cif, properties)
+
+
+def _records_from_jsonl(path: Path) -> Iterator[Record]:
+    with path.open() as handle:
+        for i, line in enumerate(handle):
+            if not line.strip():
+                continue
+            material_id = f"{path.stem}-{i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield Record(material_id, None, error=f"line {i + 1} is not JSON: {err}")
+                continue
+            material_id = str(row.pop("material_id", row.pop("id", material_id)))
+            cif, text = row.pop("cif", None), row.pop("text", None)
+            if cif:
+                yield _parse_cif(material_id, cif, row)
+            elif text:
+                structure, error = try_decode(text)
+                yield Record(material_id, structure, row, error=error and f"text: {error}")
+            else:
+                yield Record(material_id, None, row, error="neither 'cif' nor 'text' holds a structure")
+
+
+def _records_from_xyz(path: Path) -> Iterator[Record]:
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    for i, atoms in enumerate(read(path, index=":")):
+        material_id = str(atoms.info.pop("material_id", f"{path.stem}-{i}"))
+        if not atoms.pbc.all():
+            yield Record(material_id, None, dict(atoms.info), error="frame is not periodic in 3 directions")
+            continue
+        yield Record(material_id, AseAtomsAdaptor.get_structure(atoms), dict(atoms.info))
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Records of a structure source, readable or not, in file order."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif")
+        if not files:
+            raise DataFormatError(f"{path} holds no .cif files")
+        for file in files:
+            blocks = _split_cif_blocks(file.read_text())
+            for j, block in enumerate(blocks):
+                yield _parse_cif(file.stem if len(blocks) == 1 else f"{file.stem}-{j}", block)
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        yield from _records_from_csv(path)
+    elif suffix == ".cif":
+        for j, block in enumerate(_split_cif_blocks(path.read_text())):
+            match = re.match(r"data_(\S+)", block)
+            yield _parse_cif(match.group(1) if match else f"{path.stem}-{j}", block)
+    elif suffix == ".jsonl":
+        yield from _records_from_jsonl(path)
+    elif suffix in (".extxyz", ".xyz"):
+        yield from _records_from_xyz(path)
+    else:
+        raise DataFormatError(
+            f"cannot read structures from {path}: use a CIF folder, .cif, .csv (with a 'cif' column), "
+            ".jsonl (with 'cif' or 'text') or .extxyz"
+        )
+
+
+def read_structures(path: str | Path) -> tuple[list[str], list[Structure], list[tuple[str, str]]]:
+    """(ids, structures, skipped) of a source; `skipped` lists (id, reason) of unreadable entries."""
+    ids, structures, skipped = [], [], []
+    for record in iter_records(path):
+        if record.structure is None:
+            skipped.append((record.material_id, record.error))
+        else:
+            ids.append(record.material_id)
+            structures.append(record.structure)
+    return ids, structures, skipped
+
+
+@dataclass
+class BuildReport:
+    """What a dataset build read, kept and skipped (skip reasons counted), per split."""
+
+    sources: dict[str, str]
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)
+    renamed_columns: dict[str, str] = field(default_factory=dict)
+    no_spacegroup: int = 0
+
+    def summary(self) -> str:
+        lines = [f"rows: {', '.join(f'{k}={v}' for k, v in self.rows.items())}"]
+        lines.append(f"skipped: {sum(self.skipped.values())}")
+        lines += [f"  {n} x {reason}" for reason, n in self.skipped.most_common()]
+        if self.no_spacegroup:
+            lines.append(f"space group undetermined (left empty): {self.no_spacegroup}")
+        if self.renamed_columns:
+            lines.append(f"source columns renamed: {self.renamed_columns}")
+        return "\n".join(lines)
+
+
+def _row(record: Record, report: BuildReport) -> dict[str, Any] | None:
+    """The dataset row of a record, or None (counted in `report`) if it cannot be used."""
+    if record.structure is None:
+        reason = record.error or "unreadable"
+    else:
+        try:
+            text = encode(record.structure)
+            reason = None
+        except ValueError as err:
+            reason = f"{type(err).__name__}: {str(err).split(';')[0]}"
+    if reason is not None:
+        report.skipped[reason[:120]] += 1
+        report.skipped_examples.append((record.material_id, reason))
+        return None
+    structure = record.structure
+    try:
+        spacegroup = SpacegroupAnalyzer(structure, symprec=SYMPREC).get_space_group_number()
+    except Exception:  # spglib gives up on some distorted cells; the row is still useful
+        spacegroup = None
+        report.no_spacegroup += 1
+    composition = structure.composition
+    row = {
+        "material_id": record.material_id,
+        "cif": record.cif if record.cif is not None else structure.to(fmt="cif"),
+        "text": text,
+        "formula": composition.reduced_formula,
+        "full_formula": composition.formula.replace(" ", ""),
+        "elements": sorted(el.symbol for el in composition.elements),
+        "n_atoms": len(structure),
+        "spacegroup": spacegroup,
+    }
+    for key, value in record.properties.items():
+        name = f"source_{key}" if key in COMPUTED_COLUMNS else key
+        if name != key:
+            report.renamed_columns[key] = name
+        row[name] = value
+    return row
+
+
+def _rows(path: Path, report: BuildReport, desc: str) -> list[dict[str, Any]]:
+    rows = [_row(record, report) for record in tqdm(iter_records(path), desc=desc, unit=" structures")]
+    return [row for row in rows if row is not None]
+
+
+def build_dataset(
+    sources: str | Path | Mapping[str, str | Path],
+    *,
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = 42,
+) -> tuple[DatasetDict, BuildReport]:
+    """A train/validation/test `DatasetDict` of crystal text from one source (seeded split) or one per split.
+
+    Columns: material_id, cif, text (canonical: no augmentation), formula (reduced), full_formula,
+    elements, n_atoms, spacegroup (spglib, symprec 0.1) and every property column of the source.
+    """
+    if isinstance(sources, Mapping):
+        unknown = set(sources) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split names {sorted(unknown)}; use {SPLITS}")
+        report = BuildReport({k: str(v) for k, v in sources.items()})
+        splits = {name: _rows(Path(src), report, name) for name, src in sources.items()}
+    else:
+        if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-9 or min(split_fractions) < 0:
+            raise ValueError(
+                f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}"
+            )
+        report = BuildReport({"all": str(sources)})
+        rows = _rows(Path(sources), report, "reading")
+        order = np.random.default_rng(seed).permutation(len(rows))
+        bounds = np.round(np.cumsum(split_fractions) * len(rows)).astype(int)
+        splits = {
+            name: [rows[i] for i in order[start:stop]]
+            for name, start, stop in zip(SPLITS, [0, *bounds[:2]], bounds, strict=True)
+        }
+    dataset = DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})
+    report.rows = {name: len(ds) for name, ds in dataset.items()}
+    return dataset, report
+
+
+def save_dataset(dataset: DatasetDict, out_dir: str | Path, card: str | None = None) -> Path:
+    """Write `dataset` Hub-shaped: one parquet file per split under data/, and the card as README.md."""
+    out = Path(out_dir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for name, split in dataset.items():
+        split.to_parquet(out / "data" / f"{name}-00000-of-00001.parquet")
+    if card is not None:
+        (out / "README.md").write_text(card)
+    return out
+
+
+def load_crystal_dataset(path_or_repo_id: str | Path, split: str | None = None, revision: str | None = None):
+    """A crystal dataset from a local folder (as `save_dataset` writes it) or a Hub dataset id."""
+    return load_dataset(str(path_or_repo_id), split=split, revision=revision)

@@ -1,0 +1,205 @@
+"""Task prompts (Gruver et al. 2024, SPEC 3): conditional generation and element infill.
+
+Every task is a {"prompt", "completion"} pair, the form TRL's SFTTrainer trains on with a
+completion-only loss. Prompts end with a newline because TRL joins prompt and completion with no
+separator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+
+from hf_crystal.text import as_rng, encode
+
+__all__ = [
+    "CONDITIONS",
+    "MASK",
+    "TaskMix",
+    "format_formula",
+    "generation_example",
+    "generation_prompt",
+    "infill_example",
+    "infill_prompt",
+    "mask_element",
+    "parse_conditions",
+]
+
+MASK = "[MASK]"
+
+GENERATION_HEADER = "Below is a description of a bulk material."
+GENERATION_INSTRUCTION = (
+    "Generate a description of the lengths and angles of the lattice vectors and then the element type "
+    "and coordinates for each atom within the lattice:"
+)
+INFILL_HEADER = f'Below is a partial description of a bulk material where one element has been replaced with the string "{MASK}":'
+INFILL_INSTRUCTION = f"Generate an element that could replace {MASK} in the bulk material:"
+
+#: Conditions in the fixed order in which they appear in a prompt, with their sentence openings
+#: (the wording of Gruver et al.'s prompt_lookup).
+CONDITIONS: dict[str, str] = {
+    "formula": "The chemical formula is",
+    "spacegroup": "The spacegroup number is",
+    "e_above_hull": "The energy above the convex hull is",
+    "formation_energy_per_atom": "The formation energy per atom is",
+    "band_gap": "The band gap is",
+}
+_FLOAT_CONDITIONS = ("e_above_hull", "formation_energy_per_atom", "band_gap")
+# Gruver et al. round float conditions to 4 places.
+FLOAT_DECIMALS = 4
+# Gruver et al.: 2/3 generation, 1/3 infill.
+DEFAULT_INFILL_FRACTION = 1 / 3
+
+_SENTENCE = re.compile(
+    "(" + "|".join(re.escape(v) for v in CONDITIONS.values()) + r") (\S+?)\.(?=\s|$)",
+)
+_KEY_OF_OPENING = {v: k for k, v in CONDITIONS.items()}
+
+
+def format_formula(formula: str | Composition) -> str:
+    """The prompt form of a formula: every element with its count, no spaces ("NaCl" -> "Na1Cl1")."""
+    try:
+        composition = Composition(formula)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"cannot read formula {formula!r}: {err}") from None
+    if not composition.is_element and any(not float(n).is_integer() for n in composition.values()):
+        raise ValueError(f"formula {formula!r} has fractional amounts; give whole atom counts")
+    return composition.formula.replace(" ", "")
+
+
+def _format_value(key: str, value: Any) -> str:
+    if key == "formula":
+        return format_formula(value)
+    if key == "spacegroup":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if (isinstance(value, float) and not value.is_integer()) or not 1 <= number <= 230:
+            raise ValueError(f"spacegroup must be an integer space-group number 1-230, got {value!r}")
+        return str(number)
+    return str(round(float(value), FLOAT_DECIMALS))
+
+
+def generation_prompt(conditions: Mapping[str, Any] | None = None) -> str:
+    """The generation prompt, with condition sentences in the order of `CONDITIONS`.
+
+    Keys other than those of `CONDITIONS` raise ValueError; None values are left out.
+    """
+    conditions = {k: v for k, v in (conditions or {}).items() if v is not None}
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
+    sentences = [f"{CONDITIONS[k]} {_format_value(k, conditions[k])}." for k in CONDITIONS if k in conditions]
+    return " ".join([GENERATION_HEADER, *sentences]) + "\n" + GENERATION_INSTRUCTION + "\n"
+
+
+def parse_conditions(prompt: str) -> dict[str, Any]:
+    """Read the conditions back from a generation prompt (the inverse of `generation_prompt`)."""
+    header = prompt.split("\n", 1)[0]
+    if not header.startswith(GENERATION_HEADER):
+        raise ValueError(f"not a generation prompt: it must start with {GENERATION_HEADER!r}")
+    conditions: dict[str, Any] = {}
+    for opening, value in _SENTENCE.findall(header):
+        key = _KEY_OF_OPENING[opening]
+        conditions[key] = value if key == "formula" else int(value) if key == "spacegroup" else float(value)
+    return conditions
+
+
+def generation_example(
+    structure: Structure,
+    conditions: Mapping[str, Any] | None = None,
+    *,
+    translate: str | None = "random",
+    seed: int | np.random.Generator | None = None,
+) -> dict[str, str]:
+    """A generation task: prompt with `conditions`, completion the (augmented) crystal text."""
+    return {
+        "prompt": generation_prompt(conditions),
+        "completion": encode(structure, translate=translate, seed=seed),
+    }
+
+
+def mask_element(text: str, element: str) -> str:
+    """Replace the element lines of `element` in crystal text by [MASK] (whole lines: N never hits Na)."""
+    lines = text.split("\n")
+    if element not in lines[2::2]:
+        raise ValueError(f"element {element!r} is not in the structure")
+    return "\n".join(
+        MASK if i >= 2 and i % 2 == 0 and line == element else line for i, line in enumerate(lines)
+    )
+
+
+def infill_prompt(masked_text: str) -> str:
+    """The infill prompt around crystal text that already holds [MASK] lines."""
+    return f"{INFILL_HEADER}\n{masked_text}\n{INFILL_INSTRUCTION}\n"
+
+
+def infill_example(
+    structure: Structure,
+    element: str | None = None,
+    *,
+    translate: str | None = "random",
+    seed: int | np.random.Generator | None = None,
+) -> dict[str, str]:
+    """An infill task: all sites of `element` (random if None) masked; the completion is the element."""
+    rng = as_rng(seed)
+    if element is None:
+        symbols = sorted({site.specie.symbol for site in structure})
+        element = symbols[rng.integers(len(symbols))]
+    text = encode(structure, translate=translate, seed=rng)
+    return {"prompt": infill_prompt(mask_element(text, element)), "completion": element}
+
+
+class TaskMix:
+    """Draws training tasks: generation with a random subset of the available conditions, or infill.
+
+    Gruver et al. drew 0-4 of (formation energy, band gap, E_hull, space group) and added the formula
+    whenever any was drawn; here the number of conditions k is uniform in 0..n over all n available
+    conditions (formula included) and a random k-subset is used, so formula-only prompts occur too.
+    A fresh random translation is applied at every draw.
+
+    Args:
+        infill_fraction: probability of an infill task.
+        conditions: condition keys the generation prompts may use (default: all of `CONDITIONS`).
+        translate: augmentation passed to `encode` ("random" or None).
+    """
+
+    def __init__(
+        self,
+        infill_fraction: float = DEFAULT_INFILL_FRACTION,
+        conditions: tuple[str, ...] = tuple(CONDITIONS),
+        translate: str | None = "random",
+    ):
+        if not 0 <= infill_fraction <= 1:
+            raise ValueError(f"infill_fraction must be in [0, 1], got {infill_fraction}")
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
+        self.infill_fraction = infill_fraction
+        self.conditions = tuple(conditions)
+        self.translate = translate
+
+    def __call__(
+        self,
+        structure: Structure,
+        properties: Mapping[str, Any] | None = None,
+        seed: int | np.random.Generator | None = None,
+    ) -> dict[str, str]:
+        """One task for `structure`; `properties` holds condition values (formula comes from the structure)."""
+        rng = as_rng(seed)
+        if rng.random() < self.infill_fraction:
+            return infill_example(structure, translate=self.translate, seed=rng)
+        values = {"formula": structure.composition, **(properties or {})}
+        available = [k for k in self.conditions if _present(values.get(k))]
+        k = int(rng.integers(len(available) + 1))
+        chosen = {key: values[key] for key in rng.permutation(available)[:k]}
+        return generation_example(structure, chosen, translate=self.translate, seed=rng)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
