@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ class Record:
 
 def _parse_cif(material_id: str, cif: str, properties: dict | None = None) -> Record:
     try:
-        structure = Structure.from_str(cif, fmt="cif")
+        with warnings.catch_warnings():  # pymatgen warns about every rounded coordinate
+            warnings.simplefilter("ignore", UserWarning)
+            structure = Structure.from_str(cif, fmt="cif")
     except Exception as err:  # pymatgen raises many types for malformed CIFs
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return Record(material_id, None, properties or {}, error=f"CIF: {reason}", cif=cif)

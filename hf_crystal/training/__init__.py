@@ -1,0 +1,1 @@
+"""Training of crystal-text language models (from-scratch base, LoRA adapters)."""
