@@ -14,6 +14,7 @@ from pathlib import Path
 from pymatgen.io.cif import CifWriter
 
 from hf_crystal.text import encode, try_decode
+from hf_crystal.training.command import add_train_command
 
 __all__ = ["UsageError", "main", "read_text_blocks"]
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("input", help="text file, or - for stdin")
     dec.add_argument("--out", required=True, help="output .cif file")
     dec.set_defaults(func=_cmd_decode)
+    add_train_command(commands)
     return parser
 
 

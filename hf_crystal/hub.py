@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import DatasetDict
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 
 from hf_crystal.data import COMPUTED_COLUMNS, BuildReport
 
-__all__ = ["TAGS", "push_folder", "render_dataset_card", "template_path"]
+__all__ = [
+    "MODEL_CARD_KINDS",
+    "TAGS",
+    "MetricsFormatError",
+    "push_folder",
+    "read_metrics",
+    "render_dataset_card",
+    "render_model_card",
+    "template_path",
+]
 
 #: Tags on every card hf-crystal writes.
 TAGS = ["crystal-generation", "materials-science", "crystal-structures", "hf-crystal"]
@@ -84,3 +97,135 @@ def push_folder(
     api = HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, **kw).commit_url
+
+
+# Model cards: base model, LoRA adapter, refiner (templates in model_cards/).
+
+#: Card kinds: template file and the `library_name` that loads the model.
+MODEL_CARD_KINDS = {
+    "base": ("base_model_card.md", "transformers"),
+    "adapter": ("adapter_card.md", "peft"),
+    "refiner": ("refiner_card.md", "diffusers"),
+}
+
+
+class MetricsFormatError(ValueError):
+    """A metrics JSON that cannot be read into card evaluation results."""
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            flat[name] = value
+    return flat
+
+
+def read_metrics(metrics: str | Path | Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metric name -> number, context) from a metrics JSON file or mapping.
+
+    Either ``{"metrics": {...}, "dataset": name or {"name", "type", "split"}, "n_samples": n, "note": s}``
+    or a flat mapping of names to numbers. Nested mappings become "outer/inner" names; anything that
+    is not a finite number (None, NaN, strings, lists) is not a measurement and is left out.
+    """
+    if not isinstance(metrics, Mapping):
+        try:
+            metrics = json.loads(Path(metrics).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MetricsFormatError(f"cannot read metrics JSON {metrics}: {err}") from None
+        if not isinstance(metrics, Mapping):
+            raise MetricsFormatError("a metrics JSON must hold an object")
+    wrapped = isinstance(metrics.get("metrics"), Mapping)
+    values = _flatten(metrics["metrics"] if wrapped else metrics)
+    dataset = metrics.get("dataset") if wrapped else None
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    context = {"dataset": dict(dataset or {})}
+    if wrapped:
+        context.update({k: metrics[k] for k in ("n_samples", "note") if metrics.get(k) is not None})
+    return values, context
+
+
+def _eval_results(
+    values: dict[str, float], dataset: Mapping[str, Any], fallback_dataset: str
+) -> list[EvalResult]:
+    name = dataset.get("name") or dataset.get("type") or fallback_dataset
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="crystal-generation",
+            dataset_type=dataset.get("type") or name,
+            dataset_name=name,
+            dataset_split=dataset.get("split"),
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=value,
+        )
+        for metric, value in values.items()
+    ]
+
+
+def render_model_card(
+    kind: str,
+    *,
+    repo_id: str,
+    base_model: str | None = None,
+    datasets: Sequence[str] = (),
+    license: str | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
+    training_results: Mapping[str, Any] | None = None,
+    metrics: str | Path | Mapping[str, Any] | None = None,
+    tags: Sequence[str] = (),
+    **template_kwargs: Any,
+) -> ModelCard:
+    """A model card of `kind` ("base", "adapter" or "refiner") with Hub metadata.
+
+    Metadata: base_model, datasets, library_name, license, pipeline_tag, tags (`TAGS` + `tags`),
+    hyperparameters, and eval_results from `metrics` (see `read_metrics`) when given. Fields that are
+    None or empty are left out, so a card never shows a number that was not measured.
+    `template_kwargs` go to the template (e.g. preset, n_parameters, lora, usage).
+    """
+    if kind not in MODEL_CARD_KINDS:
+        raise ValueError(f"unknown card kind {kind!r}; choose one of {list(MODEL_CARD_KINDS)}")
+    if base_model is not None and Path(base_model).exists():
+        raise ValueError(f"base_model must be a Hub id, not the local path {base_model!r}")
+    template, library_name = MODEL_CARD_KINDS[kind]
+    model_name = repo_id.split("/")[-1]
+    values, context = read_metrics(metrics) if metrics is not None else ({}, {})
+    eval_results = _eval_results(values, context.get("dataset", {}), datasets[0] if datasets else model_name)
+    note = "; ".join(
+        s
+        for s in (
+            f"{context['n_samples']} samples" if "n_samples" in context else "",
+            context.get("note", ""),
+        )
+        if s
+    )
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=list(datasets) or None,
+        library_name=library_name,
+        license=license,
+        pipeline_tag="text-generation" if kind != "refiner" else None,
+        tags=[*TAGS, *(t for t in tags if t not in TAGS)],
+        hyperparameters=dict(hyperparameters) if hyperparameters else None,
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path(template),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        datasets=list(datasets),
+        hyperparameters=dict(hyperparameters or {}),
+        training_results=dict(training_results or {}),
+        metrics=[(r.metric_name, r.metric_value) for r in eval_results],
+        metrics_dataset=eval_results[0].dataset_name if eval_results else None,
+        metrics_note=note,
+        **template_kwargs,
+    )
