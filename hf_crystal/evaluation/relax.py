@@ -1,0 +1,346 @@
+"""Batched structure relaxation with CHGNet: one batched forward pass per optimizer step.
+
+Each structure keeps its own ASE optimizer (FIRE by default) acting on ASE's ``FrechetCellFilter``, the
+same setup as CHGNet's ``StructOptimizer``; what changes is that the energies, forces and stresses of all
+active structures come from a single batched CHGNet call per step. Every structure converges (or runs out
+of steps) on its own, and its slot is refilled from the queue. A structure that fails (graph construction,
+non-finite output, exploding cell) is reported with an ``error`` and never stops the run. Results are
+cached on disk keyed by a hash of the structure and the settings, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, optimize, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.filters import FrechetCellFilter
+from ase.stress import full_3x3_to_voigt_6_stress
+from pymatgen.core import Lattice, Structure
+from tqdm.auto import tqdm
+
+# CHGNet's StructOptimizer.relax defaults (Deng et al. 2023): fmax in eV/Å, FIRE, 500 steps.
+DEFAULT_FMAX = 0.1
+DEFAULT_MAX_STEPS = 500
+DEFAULT_OPTIMIZER = "FIRE"
+DEFAULT_BATCH_SIZE = 16
+# A cell whose volume changes by more than this factor during relaxation is reported as blown up.
+MAX_VOLUME_RATIO = 8.0
+# ASE optimizers that only evaluate at the current positions inside step() (no line search), so their
+# force calls can be served from the batched prediction.
+_OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "MDMin")
+
+
+class RelaxationError(RuntimeError):
+    """A relaxation setting or model problem (per-structure failures are reported, not raised)."""
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of relaxing one structure. Energies are CHGNet total energies in eV (NaN on failure)."""
+
+    structure: Structure | None
+    energy: float
+    initial_energy: float
+    steps: int
+    converged: bool
+    n_atoms: int
+    error: str | None = None
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def energy_per_atom(self) -> float:
+        return self.energy / self.n_atoms
+
+    @property
+    def energy_drop_per_atom(self) -> float:
+        """Initial minus final energy per atom (eV/atom), >= 0 for a successful descent."""
+        return (self.initial_energy - self.energy) / self.n_atoms
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("cached")
+        out["structure"] = None if self.structure is None else self.structure.as_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RelaxResult:
+        d = dict(d)
+        d["structure"] = None if d["structure"] is None else Structure.from_dict(d["structure"])
+        return cls(**d)
+
+
+def structure_key(structure: Structure, settings: dict) -> str:
+    """SHA-256 of the species, lattice, fractional coordinates (rounded to 1e-6) and relaxer settings."""
+    payload = {
+        "species": [str(sp) for sp in structure.species],
+        "lattice": np.round(structure.lattice.matrix, 6).tolist(),
+        "frac": np.round(np.mod(structure.frac_coords, 1.0), 6).tolist(),
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$HF_CRYSTAL_CACHE`` or ``~/.cache/hf_crystal`` (``$XDG_CACHE_HOME`` honoured)."""
+    if os.environ.get("HF_CRYSTAL_CACHE"):
+        return Path(os.environ["HF_CRYSTAL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_crystal"
+
+
+class RelaxCache:
+    """One JSON file per relaxed structure, written atomically as soon as the structure finishes."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> RelaxResult | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            result = RelaxResult.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            return None  # a truncated file from a killed run: relax again
+        result.cached = True
+        return result
+
+    def put(self, key: str, result: RelaxResult) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result.to_dict()))
+        tmp.replace(path)
+
+
+class _CachedFrechetCellFilter(FrechetCellFilter):
+    """ASE's FrechetCellFilter with its generalized forces memoised until the positions change.
+
+    The filter's forces cost a matrix log and nine ``expm_frechet`` calls; the convergence check and the
+    optimizer step both ask for them at the same positions.
+    """
+
+    _forces = None
+
+    def get_forces(self, **kwargs):
+        if self._forces is None:
+            self._forces = super().get_forces(**kwargs)
+        return self._forces.copy()
+
+    def set_positions(self, new, **kwargs):
+        self._forces = None
+        super().set_positions(new, **kwargs)
+
+
+class _Slot:
+    """One structure being relaxed: its ASE atoms, (filtered) optimizable and optimizer state."""
+
+    def __init__(self, index: int, structure: Structure, optimizer_cls, relax_cell: bool, fmax: float):
+        self.index = index
+        self.atoms = Atoms(
+            numbers=[site.specie.Z for site in structure],
+            positions=structure.cart_coords,
+            cell=structure.lattice.matrix,
+            pbc=True,
+        )
+        target = _CachedFrechetCellFilter(self.atoms) if relax_cell else self.atoms
+        self.optimizer = optimizer_cls(target, logfile=None)
+        self.optimizer.fmax = fmax
+        self.steps = 0
+        self.initial_energy = float("nan")
+        self.initial_volume = self.atoms.get_volume()
+
+    def structure(self) -> Structure:
+        return Structure(
+            Lattice(np.array(self.atoms.cell)),
+            self.atoms.get_chemical_symbols(),
+            self.atoms.get_positions(),
+            coords_are_cartesian=True,
+        )
+
+
+class BatchedRelaxer:
+    """Relax many structures at once with CHGNet, one batched forward pass per optimizer step.
+
+    Args:
+        model: a ``chgnet.model.CHGNet``; the pretrained CHGNet 0.3.0 (shipped with the package) if None.
+        optimizer: one of FIRE, BFGS, LBFGS, MDMin (ASE optimizers, each structure keeps its own state).
+        fmax: convergence threshold on the largest generalized force (eV/Å), as in ASE.
+        max_steps: optimizer steps before a structure is reported as not converged.
+        relax_cell: relax the cell (ASE ``FrechetCellFilter``) as well as the positions.
+        batch_size: number of structures stepped together.
+        cache_dir: directory of the on-disk result cache; None disables caching.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        *,
+        optimizer: str = DEFAULT_OPTIMIZER,
+        fmax: float = DEFAULT_FMAX,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        relax_cell: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        if optimizer not in _OPTIMIZERS:
+            raise RelaxationError(f"optimizer {optimizer!r} is not supported; choose one of {_OPTIMIZERS}")
+        if batch_size < 1 or max_steps < 0 or fmax <= 0:
+            raise RelaxationError("batch_size must be >= 1, max_steps >= 0 and fmax > 0")
+        if model is None:
+            from chgnet.model import CHGNet
+
+            model = CHGNet.load(verbose=False, use_device="cpu")
+        self.model = model
+        self.optimizer = optimizer
+        self.fmax = float(fmax)
+        self.max_steps = int(max_steps)
+        self.relax_cell = bool(relax_cell)
+        self.batch_size = int(batch_size)
+        self.cache = RelaxCache(cache_dir) if cache_dir is not None else None
+
+    @property
+    def settings(self) -> dict:
+        """Everything that changes a result: part of the cache key."""
+        return {
+            "model": f"chgnet-{self.model.version}",
+            "optimizer": self.optimizer,
+            "fmax": self.fmax,
+            "max_steps": self.max_steps,
+            "relax_cell": self.relax_cell,
+        }
+
+    def relax(
+        self, structures: Sequence[Structure], *, progress: bool = True, desc: str = "relax"
+    ) -> list[RelaxResult]:
+        """Relax ``structures``; returns one ``RelaxResult`` per input, in order (failures have ``error``)."""
+        results: list[RelaxResult | None] = [None] * len(structures)
+        keys = [structure_key(s, self.settings) for s in structures] if self.cache else None
+        pending: deque[int] = deque()
+        for i in range(len(structures)):
+            hit = self.cache.get(keys[i]) if self.cache else None
+            if hit is not None:
+                results[i] = hit
+            else:
+                pending.append(i)
+        bar = tqdm(
+            total=len(structures), desc=desc, disable=not progress, initial=len(structures) - len(pending)
+        )
+
+        def finish(i: int, result: RelaxResult) -> None:
+            results[i] = result
+            if self.cache is not None:
+                self.cache.put(keys[i], result)
+            bar.update(1)
+
+        active: list[_Slot] = []
+        while pending or active:
+            while pending and len(active) < self.batch_size:
+                i = pending.popleft()
+                slot, error = self._start(i, structures[i])
+                if slot is None:
+                    finish(i, _failure(structures[i], error, 0, float("nan")))
+                else:
+                    active.append(slot)
+            still_active = []
+            for slot, outcome in zip(active, self._predict(active), strict=True):
+                done = self._advance(slot, outcome)
+                if done is None:
+                    still_active.append(slot)
+                else:
+                    finish(slot.index, done)
+            active = still_active
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _start(self, index: int, structure: Structure) -> tuple[_Slot | None, str | None]:
+        if not structure.is_ordered:
+            return None, "disordered structure (partial occupancies) cannot be relaxed"
+        try:
+            return _Slot(
+                index, structure, getattr(optimize, self.optimizer), self.relax_cell, self.fmax
+            ), None
+        except Exception as exc:  # e.g. a singular cell
+            return None, f"setup failed: {exc}"
+
+    def _predict(self, slots: list[_Slot]) -> list[dict | str]:
+        """Batched CHGNet energies/forces/stresses for all slots; a string for each slot that failed."""
+        outcomes: list[dict | str] = ["" for _ in slots]
+        graphs, owners = [], []
+        for k, slot in enumerate(slots):
+            try:
+                graphs.append(self.model.graph_converter(slot.structure()))
+                owners.append(k)
+            except Exception as exc:
+                outcomes[k] = f"graph construction failed: {exc}"
+        if not graphs:
+            return outcomes
+        try:
+            preds = self._forward(graphs)
+        except Exception:  # isolate the structure that broke the batch
+            preds = []
+            for g in graphs:
+                try:
+                    preds.extend(self._forward([g]))
+                except Exception as exc:
+                    preds.append(f"CHGNet failed: {exc}")
+        for k, pred in zip(owners, preds, strict=True):
+            outcomes[k] = pred
+        return outcomes
+
+    def _forward(self, graphs: list) -> list[dict]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_graph(graphs, task="efs", batch_size=len(graphs))
+        return [preds] if isinstance(preds, dict) else list(preds)
+
+    def _advance(self, slot: _Slot, outcome: dict | str) -> RelaxResult | None:
+        """Feed one prediction to a slot's optimizer; a result when the slot is finished, else None."""
+        n = len(slot.atoms)
+        if isinstance(outcome, str):
+            return _failure(slot.structure(), outcome, slot.steps, slot.initial_energy)
+        energy = float(outcome["e"]) * n if self.model.is_intensive else float(outcome["e"])
+        forces, stress = outcome["f"], outcome["s"]
+        if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+            return _failure(slot.structure(), "non-finite CHGNet output", slot.steps, slot.initial_energy)
+        slot.atoms.calc = SinglePointCalculator(
+            slot.atoms,
+            energy=energy,
+            free_energy=energy,
+            forces=forces,
+            stress=full_3x3_to_voigt_6_stress(stress * units.GPa),
+        )
+        if slot.steps == 0:
+            slot.initial_energy = energy
+        opt = slot.optimizer
+        converged = bool(opt.gradient_converged(opt.optimizable.get_gradient()))
+        if converged or slot.steps >= self.max_steps:
+            return RelaxResult(slot.structure(), energy, slot.initial_energy, slot.steps, converged, n)
+        try:
+            opt.step()
+        except Exception as exc:
+            return _failure(
+                slot.structure(), f"optimizer step failed: {exc}", slot.steps, slot.initial_energy
+            )
+        slot.steps += 1
+        ratio = slot.atoms.get_volume() / slot.initial_volume
+        if not (1 / MAX_VOLUME_RATIO < ratio < MAX_VOLUME_RATIO):
+            return _failure(
+                slot.structure(), f"cell blew up (volume x{ratio:.3g})", slot.steps, slot.initial_energy
+            )
+        return None
+
+
+def _failure(structure: Structure, error: str | None, steps: int, initial_energy: float) -> RelaxResult:
+    return RelaxResult(None, float("nan"), initial_energy, steps, False, len(structure), error or "failed")
