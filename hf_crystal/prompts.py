@@ -66,7 +66,9 @@ def format_formula(formula: str | Composition) -> str:
         composition = Composition(formula)
     except (ValueError, KeyError) as err:
         raise ValueError(f"cannot read formula {formula!r}: {err}") from None
-    if not composition.is_element and any(not float(n).is_integer() for n in composition.values()):
+    if not composition.valid or not composition:
+        raise ValueError(f"formula {formula!r} has symbols that are not elements")
+    if any(not float(n).is_integer() for n in composition.values()):
         raise ValueError(f"formula {formula!r} has fractional amounts; give whole atom counts")
     return composition.formula.replace(" ", "")
 

@@ -132,10 +132,10 @@ def _lattice(abc: list[float], angles: list[float], linenos: tuple[int, int]) ->
         raise CrystalParseError(
             f"angles {angles} do not form a cell (no three vectors have them)", linenos[1]
         )
-    lattice = Lattice.from_parameters(*abc, *angles)
-    if not (np.isfinite(lattice.matrix).all() and math.isfinite(lattice.volume) and lattice.volume > 0):
+    volume = abc[0] * abc[1] * abc[2] * math.sqrt(reduced_volume_sq)
+    if not (math.isfinite(volume) and volume > 0):
         raise CrystalParseError(f"lattice {abc} {angles} has no finite positive volume", linenos[0])
-    return lattice
+    return Lattice.from_parameters(*abc, *angles)
 
 
 def decode(text: str) -> Structure:
