@@ -7,10 +7,9 @@ tokenizer, README.md (model card); checkpoints go to its `checkpoints/` subfolde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from transformers import GenerationConfig, LlamaForCausalLM, set_seed
+from transformers import GenerationConfig, LlamaForCausalLM, TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from hf_crystal.prompts import TaskMix
@@ -47,7 +46,7 @@ class BaseTrainingConfig(TrainingConfig):
     learning_rate: float = BASE_LEARNING_RATE
     per_device_train_batch_size: int = BASE_BATCH_SIZE
     max_length: int | None = MAX_POSITION_EMBEDDINGS
-    gradient_checkpointing: bool | None = False
+    activation_checkpointing: bool | None = False
 
     def validate(self) -> None:
         super().validate()
@@ -58,8 +57,11 @@ class BaseTrainingConfig(TrainingConfig):
         return {"preset": self.preset, **self.model_overrides, **super().hyperparameters()}
 
 
-def train_base(config: BaseTrainingConfig) -> Path:
-    """Train, save the Hub-shaped folder to `config.output_dir` (and push it if asked); returns the folder."""
+def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
+    """Train, save the Hub-shaped folder to `config.output_dir` and push it if asked.
+
+    Returns the trainer: `trainer.model` is the trained model, `trainer.state` its log.
+    """
     tokenizer = build_crystal_tokenizer()
     tokenizer.model_max_length = MAX_POSITION_EMBEDDINGS
     set_seed(config.seed)
@@ -80,7 +82,9 @@ def train_base(config: BaseTrainingConfig) -> Path:
     train = task_dataset(
         structures, properties, mix, epochs=epochs_to_draw(config, args, len(structures)), seed=config.seed
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks
+    )
     result = trainer.train(resume_from_checkpoint=resume)
     card_kwargs = {
         "preset": config.preset,
@@ -91,4 +95,5 @@ def train_base(config: BaseTrainingConfig) -> Path:
             for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         },
     }
-    return finish_run(trainer, config, result, "base", n_structures=len(structures), **card_kwargs)
+    finish_run(trainer, config, result, "base", n_structures=len(structures), **card_kwargs)
+    return trainer

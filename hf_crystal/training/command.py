@@ -97,16 +97,18 @@ _SKIP = ("config", "func", "command", "train_command")
 def _run_base(args: argparse.Namespace) -> int:
     from hf_crystal.training.base import BaseTrainingConfig, train_base
 
-    out = train_base(BaseTrainingConfig.load(args.config, **_overrides(args, _SKIP)))
-    print(f"saved to {out}")
+    config = BaseTrainingConfig.load(args.config, **_overrides(args, _SKIP))
+    train_base(config)
+    print(f"saved to {config.output_dir}")
     return 0
 
 
 def _run_lora(args: argparse.Namespace) -> int:
     from hf_crystal.training.lora import LoraTrainingConfig, train_lora
 
-    out = train_lora(LoraTrainingConfig.load(args.config, **_overrides(args, _SKIP)))
-    print(f"saved to {out}")
+    config = LoraTrainingConfig.load(args.config, **_overrides(args, _SKIP))
+    train_lora(config)
+    print(f"saved to {config.output_dir}")
     return 0
 
 

@@ -80,7 +80,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     max_length: int | None = None
     completion_only_loss: bool = True
-    gradient_checkpointing: bool | None = None
+    activation_checkpointing: bool | None = None
     infill_fraction: float = DEFAULT_INFILL_FRACTION
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     property_columns: dict[str, str] = field(default_factory=dict)
@@ -243,9 +243,9 @@ def sft_config(config: TrainingConfig, **defaults: Any) -> SFTConfig:
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "completion_only_loss": config.completion_only_loss,
-        "gradient_checkpointing": not cpu
-        if config.gradient_checkpointing is None
-        else config.gradient_checkpointing,
+        "activation_checkpointing": not cpu
+        if config.activation_checkpointing is None
+        else config.activation_checkpointing,
         "use_cpu": cpu,
         "bf16": not cpu and torch.cuda.is_bf16_supported(),
         "logging_steps": config.logging_steps,

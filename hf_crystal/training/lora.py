@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
 from hf_crystal.prompts import TaskMix
@@ -106,8 +106,11 @@ class LoraTrainingConfig(TrainingConfig):
         return {**lora, **super().hyperparameters()}
 
 
-def train_lora(config: LoraTrainingConfig) -> Path:
-    """Train an adapter, save it to `config.output_dir` (and push it if asked); returns the folder."""
+def train_lora(config: LoraTrainingConfig, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
+    """Train an adapter, save it to `config.output_dir` and push it if asked.
+
+    Returns the trainer: `trainer.model` is the trained PEFT model, `trainer.state` its log.
+    """
     init_kwargs = {"revision": config.revision} if config.revision else {}
     args = sft_config(config, model_init_kwargs=init_kwargs or None)
     resume = resume_checkpoint(config)
@@ -123,13 +126,14 @@ def train_lora(config: LoraTrainingConfig) -> Path:
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=config.lora_config(),
+        callbacks=callbacks,
     )
     # PEFT records the path the base was loaded from; the adapter must name the base's Hub id.
     adapter_config = trainer.model.peft_config["default"]
     adapter_config.base_model_name_or_path = config.base_hub_id or str(Path(config.model).resolve())
     adapter_config.revision = config.revision
     result = trainer.train(resume_from_checkpoint=resume)
-    return finish_run(
+    finish_run(
         trainer,
         config,
         result,
@@ -145,3 +149,4 @@ def train_lora(config: LoraTrainingConfig) -> Path:
         completion_only_loss=config.completion_only_loss,
         own_tokenizer=config.own_tokenizer,
     )
+    return trainer
