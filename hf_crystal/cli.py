@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pymatgen.io.cif import CifWriter
 
+from hf_crystal.evaluation.command import add_evaluate_command
 from hf_crystal.text import encode, try_decode
 from hf_crystal.training.command import add_train_command
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--out", required=True, help="output .cif file")
     dec.set_defaults(func=_cmd_decode)
     add_train_command(commands)
+    add_evaluate_command(commands)
     return parser
 
 

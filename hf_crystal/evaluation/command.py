@@ -1,0 +1,119 @@
+"""The ``hf-crystal evaluate`` subcommand: reads structure files and runs ``report.evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hf_crystal.evaluation.relax import DEFAULT_BATCH_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_OPTIMIZER
+
+
+def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to an argparse subparsers object; ``args.func(args)`` runs it."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="validity, coverage, novelty and CHGNet stability of generated structures",
+        description=(
+            "Evaluate generated structures (SPEC 5) and write metrics.json, samples.csv, relaxed.cif and "
+            "report.md with plots into --out. Structure files: a CIF folder, .cif, CDVAE .csv, .jsonl "
+            "('cif' or 'text'), .extxyz, or a .txt of crystal-text blocks separated by blank lines."
+        ),
+    )
+    p.add_argument("samples", help="generated structures")
+    p.add_argument("--reference", required=True, help="reference (test) structures for coverage and the hull")
+    p.add_argument("--train", help="training structures for novelty")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--hull", help="pymatgen entries JSON(.gz) for the convex hull (default: self-consistent)")
+    p.add_argument(
+        "--hull-set",
+        choices=["reference", "train", "both"],
+        default="reference",
+        help="structures of the self-consistent hull besides the elements (default: reference)",
+    )
+    p.add_argument("--no-relax", action="store_true", help="skip relaxation and stability")
+    p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
+    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["FIRE", "BFGS", "LBFGS", "MDMin"])
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
+    p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
+    p.add_argument(
+        "--limit", type=int, help="evaluate only the first N samples / reference / train structures"
+    )
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _read(path: str, limit: int | None, what: str):
+    from hf_crystal.data import read_structures
+
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"{what} not found: {source}")
+    if source.suffix.lower() == ".txt":
+        ids, structures, skipped = _read_text(source)
+    else:
+        ids, structures, skipped = read_structures(source)
+    if limit is not None:
+        ids, structures = ids[:limit], structures[:limit]
+    if skipped:
+        print(
+            f"{what}: {len(skipped)} unreadable entries, e.g. {skipped[0][0]}: {skipped[0][1]}",
+            file=sys.stderr,
+        )
+    return ids, structures, skipped
+
+
+def _read_text(path: Path):
+    from hf_crystal.cli import read_text_blocks
+    from hf_crystal.text import try_decode
+
+    ids, structures, skipped = [], [], []
+    for i, (name, block) in enumerate(read_text_blocks(path.read_text())):
+        structure, error = try_decode(block)
+        name = name or f"{path.stem}-{i}"
+        if structure is None:
+            skipped.append((name, str(error)))
+        else:
+            ids.append(name)
+            structures.append(structure)
+    return ids, structures, skipped
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+    from hf_crystal.evaluation.report import evaluate
+
+    ids, samples, skipped = _read(args.samples, args.limit, "samples")
+    _, reference, _ = _read(args.reference, args.limit, "reference")
+    train = _read(args.train, args.limit, "train")[1] if args.train else []
+    if not samples and not skipped:
+        raise ValueError(f"{args.samples} holds no structures")
+    if not reference:
+        raise ValueError(f"{args.reference} holds no readable reference structures")
+    hull_structures = {"reference": reference, "train": train, "both": [*reference, *train]}[args.hull_set]
+    relaxer = None
+    if not args.no_relax:
+        relaxer = BatchedRelaxer(
+            optimizer=args.optimizer,
+            fmax=args.fmax,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir or default_cache_dir() / "relax",
+        )
+    metrics = evaluate(
+        samples,
+        reference,
+        train,
+        out_dir=args.out,
+        sample_ids=ids,
+        n_unreadable=len(skipped),
+        hull_entries=args.hull,
+        hull_structures=hull_structures,
+        relaxer=relaxer,
+        relax=not args.no_relax,
+    )
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {args.out}/metrics.json, samples.csv and report.md", file=sys.stderr)
+    return 0
