@@ -1,0 +1,75 @@
+"""The from-scratch base model: `hf-crystal train base` on the tiny preset, a few CPU steps."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from training_helpers import crystal_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_crystal.cli import main
+from hf_crystal.prompts import generation_prompt
+from hf_crystal.tokenization import crystal_token_ids
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("base")
+    data = crystal_dataset(tmp / "data")
+    out = tmp / "model"
+    argv = ["train", "base", "--preset", "tiny", "--dataset", str(data), "--output-dir", str(out)]
+    argv += ["--max-steps", "3", "--batch-size", "2", "--logging-steps", "1", "--save-steps", "2"]
+    argv += ["--dataset-id", "tester/crystal-text", "--license", "mit", "--sft", "weight_decay=0.01"]
+    assert main(argv) == 0
+    return out
+
+
+def test_output_folder_is_hub_shaped(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+    } <= names
+    assert "training_args.bin" not in names  # no pickles in what gets pushed
+    assert (trained / "checkpoints" / "checkpoint-2").is_dir()
+    log = json.loads((trained / "train_log.json").read_text())
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3]
+
+
+def test_loads_with_auto_classes_and_generates(trained):
+    model = AutoModelForCausalLM.from_pretrained(trained)
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    assert model.config.model_type == "llama" and 0.5e6 < model.num_parameters() < 1.5e6
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert crystal_token_ids(tokenizer).newline is not None
+    inputs = tokenizer(generation_prompt({"formula": "NaCl"}), return_tensors="pt")
+    torch.manual_seed(0)
+    output = model.generate(**inputs, max_new_tokens=8)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+    assert isinstance(tokenizer.decode(output[0], skip_special_tokens=True), str)
+
+
+def test_card_metadata(trained):
+    text = (trained / "README.md").read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["library_name"] == "transformers"
+    assert metadata["datasets"] == ["tester/crystal-text"]
+    assert metadata["license"] == "mit"
+    assert "crystal-generation" in metadata["tags"]
+    assert metadata["hyperparameters"]["preset"] == "tiny"
+    assert metadata["hyperparameters"]["max_steps"] == 3
+    assert "base_model" not in metadata and "model-index" not in metadata  # nothing measured, nothing shown
+    assert "| optimizer steps | 3 |" in text
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "base", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == 2
+    assert main(["train", "base", "--dataset", "d", "--output-dir", str(tmp_path), "--resume"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("hf-crystal: error:") for line in errors)
+    assert "nothing to resume" in errors[1]
