@@ -109,6 +109,10 @@ MODEL_CARD_KINDS = {
 }
 
 
+# Keys of a flat metrics.json that describe the evaluation rather than measure the model (besides "n_*").
+_CONTEXT_KEYS = ("hull", "hull_entries")
+
+
 class MetricsFormatError(ValueError):
     """A metrics JSON that cannot be read into card evaluation results."""
 
@@ -127,9 +131,11 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 def read_metrics(metrics: str | Path | Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
     """(metric name -> number, context) from a metrics JSON file or mapping.
 
-    Either ``{"metrics": {...}, "dataset": name or {"name", "type", "split"}, "n_samples": n, "note": s}``
-    or a flat mapping of names to numbers. Nested mappings become "outer/inner" names; anything that
-    is not a finite number (None, NaN, strings, lists) is not a measurement and is left out.
+    Either the flat ``metrics.json`` of `hf_crystal.evaluation.report.evaluate` (counts such as
+    ``n_samples`` and the ``hull`` used are context, not metrics), or
+    ``{"metrics": {...}, "dataset": name or {"name", "type", "split"}, "n_samples": n, "note": s}``.
+    Nested mappings become "outer/inner" names; anything that is not a finite number (None, NaN,
+    strings, lists) is not a measurement and is left out.
     """
     if not isinstance(metrics, Mapping):
         try:
@@ -139,13 +145,14 @@ def read_metrics(metrics: str | Path | Mapping[str, Any]) -> tuple[dict[str, flo
         if not isinstance(metrics, Mapping):
             raise MetricsFormatError("a metrics JSON must hold an object")
     wrapped = isinstance(metrics.get("metrics"), Mapping)
-    values = _flatten(metrics["metrics"] if wrapped else metrics)
     dataset = metrics.get("dataset") if wrapped else None
-    if isinstance(dataset, str):
-        dataset = {"name": dataset}
-    context = {"dataset": dict(dataset or {})}
-    if wrapped:
-        context.update({k: metrics[k] for k in ("n_samples", "note") if metrics.get(k) is not None})
+    context: dict[str, Any] = {
+        "dataset": {"name": dataset} if isinstance(dataset, str) else dict(dataset or {})
+    }
+    context.update({k: metrics[k] for k in ("n_samples", "note", "hull") if metrics.get(k) is not None})
+    values = _flatten(metrics["metrics"] if wrapped else metrics)
+    for key in [k for k in values if k.startswith("n_") or k in _CONTEXT_KEYS]:
+        del values[key]
     return values, context
 
 
@@ -197,12 +204,13 @@ def render_model_card(
     values, context = read_metrics(metrics) if metrics is not None else ({}, {})
     eval_results = _eval_results(values, context.get("dataset", {}), datasets[0] if datasets else model_name)
     note = "; ".join(
-        s
-        for s in (
+        part
+        for part in (
             f"{context['n_samples']} samples" if "n_samples" in context else "",
+            f"hull: {context['hull']}" if "hull" in context else "",
             context.get("note", ""),
         )
-        if s
+        if part
     )
     card_data = ModelCardData(
         model_name=model_name,

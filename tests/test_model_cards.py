@@ -72,13 +72,24 @@ def test_without_measurements_the_card_shows_no_numbers():
     assert 'AutoModelForCausalLM.from_pretrained("tester/a")' in text
 
 
-def test_flat_metrics_mapping():
-    values, context = read_metrics({"structural_validity": 1.0, "n": 3, "flag": True})
-    assert values == {"structural_validity": 1.0, "n": 3}
-    assert context == {"dataset": {}}
-    card = render_model_card("base", repo_id="tester/m", datasets=["tester/d"], metrics={"validity": 0.5})
+def test_flat_metrics_json_of_evaluate():
+    flat = {
+        "n_samples": 20,
+        "n_unreadable": 3,
+        "struct_valid": 0.85,
+        "novel_rate": None,  # NaN written as null: not measured
+        "stable_rate": 0.1,
+        "hull": "self-consistent CHGNet hull",
+        "hull_entries": 120,
+        "flag": True,
+    }
+    values, context = read_metrics(flat)
+    assert values == {"struct_valid": 0.85, "stable_rate": 0.1}
+    assert context == {"dataset": {}, "n_samples": 20, "hull": "self-consistent CHGNet hull"}
+    card = render_model_card("base", repo_id="tester/m", datasets=["tester/d"], metrics=flat)
     result = _reparsed(card)["model-index"][0]["results"][0]
     assert result["dataset"]["type"] == "tester/d"  # the training dataset stands in when none is named
+    assert "20 samples; hull: self-consistent CHGNet hull" in str(card)
 
 
 def test_bad_inputs(tmp_path):
