@@ -32,6 +32,7 @@ __all__ = [
     "BuildReport",
     "DataFormatError",
     "Record",
+    "SampleWriter",
     "build_dataset",
     "iter_records",
     "load_crystal_dataset",
@@ -295,3 +296,78 @@ def save_dataset(dataset: DatasetDict, out_dir: str | Path, card: str | None = N
 def load_crystal_dataset(path_or_repo_id: str | Path, split: str | None = None, revision: str | None = None):
     """A crystal dataset from a local folder (as `save_dataset` writes it) or a Hub dataset id."""
     return load_dataset(str(path_or_repo_id), split=split, revision=revision)
+
+
+SAMPLE_FORMATS = (".cif", ".extxyz", ".csv", ".jsonl")
+_SAMPLE_ID = re.compile(r"sample-(\d+)")
+_CSV_COLUMNS = ("material_id", "text", "valid", "error", "conditions", "attempts", "formula", "cif")
+
+
+class SampleWriter:
+    """Appends generated samples to a .cif (multi-block), .extxyz, .csv or .jsonl file, one flush per batch.
+
+    Samples are dicts as `pipeline("crystal-generation")` returns them. CSV and JSON lines keep every
+    sample (text, error, validity); CIF and extxyz can only hold the ones that parsed. Each sample is
+    named `sample-NNNNNN`, so `next_index` lets an interrupted run resume after the last one written.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in SAMPLE_FORMATS:
+            raise DataFormatError(
+                f"cannot write samples to {self.path}: use one of {', '.join(SAMPLE_FORMATS)}"
+            )
+
+    def next_index(self) -> int:
+        """One past the highest sample index already in the file (0 for a new file)."""
+        if not self.path.exists():
+            return 0
+        indices = [int(m) for m in _SAMPLE_ID.findall(self.path.read_text())]
+        return max(indices) + 1 if indices else 0
+
+    def write(self, samples: list[dict[str, Any]], start: int) -> int:
+        """Append `samples` numbered from `start`; returns how many entries the file gained."""
+        rows = [(f"sample-{start + i:06d}", sample) for i, sample in enumerate(samples)]
+        parsed = [(name, s) for name, s in rows if s.get("structure") is not None]
+        if self.suffix == ".cif":
+            with self.path.open("a") as handle:
+                for name, sample in parsed:
+                    handle.write(
+                        re.sub(r"^data_\S*", f"data_{name}", sample["cif"], count=1, flags=re.M) + "\n"
+                    )
+            return len(parsed)
+        if self.suffix == ".extxyz":
+            from ase.io import write
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            frames = []
+            for name, sample in parsed:
+                atoms = AseAtomsAdaptor.get_atoms(sample["structure"])
+                atoms.info.update(material_id=name, valid=bool(sample["valid"]))
+                frames.append(atoms)
+            if frames:
+                write(self.path, frames, format="extxyz", append=True)
+            return len(frames)
+        records = [self._record(name, sample) for name, sample in rows]
+        if self.suffix == ".jsonl":
+            with self.path.open("a") as handle:
+                handle.writelines(json.dumps(r) + "\n" for r in records)
+        else:
+            new = not self.path.exists()
+            pd.DataFrame(records, columns=_CSV_COLUMNS).to_csv(self.path, mode="a", header=new, index=False)
+        return len(records)
+
+    @staticmethod
+    def _record(name: str, sample: dict[str, Any]) -> dict[str, Any]:
+        structure = sample.get("structure")
+        return {
+            "material_id": name,
+            "text": sample["text"],
+            "valid": bool(sample["valid"]),
+            "error": sample.get("error"),
+            "conditions": json.dumps(sample.get("conditions") or {}),
+            "attempts": sample.get("attempts", 1),
+            "formula": structure.composition.formula.replace(" ", "") if structure is not None else None,
+            "cif": sample.get("cif"),
+        }

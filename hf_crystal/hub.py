@@ -20,6 +20,7 @@ __all__ = [
     "MODEL_CARD_KINDS",
     "TAGS",
     "MetricsFormatError",
+    "load_crystal_model",
     "push_folder",
     "read_metrics",
     "render_dataset_card",
@@ -237,3 +238,29 @@ def render_model_card(
         metrics_note=note,
         **template_kwargs,
     )
+
+
+def load_crystal_model(path_or_repo_id: str | Path, revision: str | None = None, **model_kwargs):
+    """(model, tokenizer) from a full model or a LoRA adapter, as a local folder or a Hub id.
+
+    For an adapter, the base comes from its adapter_config (at the base revision recorded there) and
+    `revision` pins the adapter only; the adapter's own tokenizer is used when it ships one.
+    (transformers' `pipeline(model=ADAPTER, revision=R)` applies R to the base repo too and always
+    takes the base's tokenizer: pass the result of this function to `pipeline` instead.)
+    """
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import cached_file, find_adapter_config_file
+
+    source = str(path_or_repo_id)
+    if find_adapter_config_file(source, revision=revision) is None:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
+        return model, AutoTokenizer.from_pretrained(source, revision=revision)
+    model = AutoPeftModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
+    ships_tokenizer = cached_file(
+        source, "tokenizer_config.json", revision=revision, _raise_exceptions_for_missing_entries=False
+    )
+    if ships_tokenizer:
+        return model, AutoTokenizer.from_pretrained(source, revision=revision)
+    config = model.peft_config["default"]
+    return model, AutoTokenizer.from_pretrained(config.base_model_name_or_path, revision=config.revision)
