@@ -32,6 +32,9 @@ __all__ = [
 ELEMENT_SYMBOLS: tuple[str, ...] = tuple(Element.from_Z(z).symbol for z in range(1, 119))
 _ELEMENTS = frozenset(ELEMENT_SYMBOLS)
 
+# Lattice lengths a cell may have, in Å: beyond them floating point no longer holds the cell (squares
+# underflow or overflow) and no crystal has such a cell.
+LENGTH_RANGE = (1e-2, 1e4)
 # Smallest cell volume, in units of a*b*c, that still counts as a cell: below it the three lattice
 # vectors are (numerically) coplanar and fractional coordinates lose their meaning.
 _MIN_REDUCED_VOLUME = 1e-6
@@ -121,6 +124,11 @@ def _lattice(abc: list[float], angles: list[float], linenos: tuple[int, int]) ->
     """A lattice from lengths and angles, or CrystalParseError for a triple that gives no cell."""
     if min(abc) <= 0:
         raise CrystalParseError(f"lattice lengths must be positive, got {abc}", linenos[0])
+    if not all(LENGTH_RANGE[0] <= x <= LENGTH_RANGE[1] for x in abc):
+        raise CrystalParseError(
+            f"lattice lengths must lie between {LENGTH_RANGE[0]} and {LENGTH_RANGE[1]:g} Å, got {abc}",
+            linenos[0],
+        )
     if not all(0 < x < 180 for x in angles):
         raise CrystalParseError(
             f"lattice angles must lie strictly between 0 and 180 degrees, got {angles}", linenos[1]
@@ -132,9 +140,6 @@ def _lattice(abc: list[float], angles: list[float], linenos: tuple[int, int]) ->
         raise CrystalParseError(
             f"angles {angles} do not form a cell (no three vectors have them)", linenos[1]
         )
-    volume = abc[0] * abc[1] * abc[2] * math.sqrt(reduced_volume_sq)
-    if not (math.isfinite(volume) and volume > 0):
-        raise CrystalParseError(f"lattice {abc} {angles} has no finite positive volume", linenos[0])
     return Lattice.from_parameters(*abc, *angles)
 
 

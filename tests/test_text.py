@@ -122,7 +122,8 @@ def test_decode_tolerates_what_models_write():
         ("5 5 5\n10 10 170\nNa\n0 0 0", 2, "do not form a cell"),
         ("5 5 5\n120 120 120\nNa\n0 0 0", 2, "do not form a cell"),
         ("5 nan 5\n90 90 90\nNa\n0 0 0", 1, "finite"),
-        ("1e300 1e300 1e300\n90 90 90\nNa\n0 0 0", 1, "volume"),
+        ("1e300 1e300 1e300\n90 90 90\nNa\n0 0 0", 1, "must lie between"),
+        ("1 1 1e-171\n1 1 1\nNa\n0 0 0", 1, "must lie between"),
         ("5 5 5\n90 90 90\nNa\n0 0 inf", 4, "finite"),
     ],
 )
