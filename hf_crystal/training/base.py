@@ -85,7 +85,7 @@ def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | No
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     card_kwargs = {
         "preset": config.preset,
         "n_parameters": model.num_parameters(),
@@ -95,5 +95,5 @@ def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | No
             for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         },
     }
-    finish_run(trainer, config, result, "base", n_structures=len(structures), **card_kwargs)
+    finish_run(trainer, config, "base", n_structures=len(structures), **card_kwargs)
     return trainer

@@ -27,7 +27,7 @@ from datasets import Dataset
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from hf_crystal.data import build_dataset, load_crystal_dataset
@@ -49,10 +49,11 @@ __all__ = [
 
 #: Checkpoints live in this folder inside the output folder, so the output folder stays Hub-shaped.
 CHECKPOINT_SUBDIR = "checkpoints"
-# Gruver et al. 2024: cosine schedule with 100 warmup steps.
+# Gruver et al. 2024 (SPEC 3): lr 1e-4, cosine schedule with 100 warmup steps, 10 epochs, batch 1.
+LEARNING_RATE = 1e-4
 WARMUP_STEPS = 100
-# Gruver et al. 2024: 10 epochs.
 EPOCHS = 10
+BATCH_SIZE = 1
 
 
 class TrainingConfigError(ValueError):
@@ -73,10 +74,10 @@ class TrainingConfig:
     train_split: str = "train"
     epochs: int = EPOCHS
     max_steps: int = -1
-    learning_rate: float = 1e-4
+    learning_rate: float = LEARNING_RATE
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = WARMUP_STEPS
-    per_device_train_batch_size: int = 1
+    per_device_train_batch_size: int = BATCH_SIZE
     gradient_accumulation_steps: int = 1
     max_length: int | None = None
     completion_only_loss: bool = True
@@ -282,7 +283,6 @@ def resume_checkpoint(config: TrainingConfig) -> str | None:
 def finish_run(
     trainer: SFTTrainer,
     config: TrainingConfig,
-    result: TrainOutput,
     kind: str,
     *,
     n_structures: int,

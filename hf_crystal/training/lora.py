@@ -132,11 +132,10 @@ def train_lora(config: LoraTrainingConfig, callbacks: list[TrainerCallback] | No
     adapter_config = trainer.model.peft_config["default"]
     adapter_config.base_model_name_or_path = config.base_hub_id or str(Path(config.model).resolve())
     adapter_config.revision = config.revision
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     finish_run(
         trainer,
         config,
-        result,
         "adapter",
         n_structures=len(structures),
         base_model=config.base_hub_id,
