@@ -52,7 +52,9 @@ def mp2020_parameters(structure: Structure) -> dict:
 
     try:
         mp_set = MPRelaxSet(structure)
-        incar = mp_set.incar
+        with warnings.catch_warnings():  # input-set advice (ISMEAR for metals ...) is irrelevant here
+            warnings.simplefilter("ignore")
+            incar = mp_set.incar
         symbols = mp_set.potcar_symbols
         site_symbols = mp_set.poscar.site_symbols
     except Exception:  # an element MP's input set does not cover: no U, generic POTCAR names
@@ -154,6 +156,9 @@ class HullReference:
     def phase_diagram(self, elements: Iterable[str]) -> PhaseDiagram:
         """Phase diagram of the chemical system spanned by ``elements`` (all its subsystems' entries)."""
         system = frozenset(elements)
+        missing = sorted(el for el in system if frozenset([el]) not in self._by_system)
+        if missing:
+            raise HullError(f"the hull has no elemental reference for {', '.join(missing)}")
         if system not in self._diagrams:
             entries = [
                 e
@@ -170,7 +175,10 @@ class HullReference:
     def e_above_hull(self, entry: ComputedEntry) -> float:
         """Energy above the hull in eV/atom (negative below it)."""
         diagram = self.phase_diagram(_elements(entry))
-        return float(diagram.get_e_above_hull(entry, allow_negative=True))
+        try:
+            return float(diagram.get_e_above_hull(entry, allow_negative=True))
+        except ValueError as exc:
+            raise HullError(f"no E_hull for {entry.composition.reduced_formula}: {exc}") from exc
 
 
 def elemental_reference_structures(element: str) -> list[tuple[Structure, bool]]:
