@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,18 @@ def test_completion_only_loss_by_default_and_full_sequence_loss_as_option(run, i
     )
     assert _masked_labels(trainer) == 0
     assert math.isfinite(_losses(trainer)[1])
+
+
+SHARED_MP20 = Path(__file__).parents[1].parent / "shared" / "data" / "mp_20" / "train.csv"
+
+
+@pytest.mark.skipif(
+    not SHARED_MP20.is_file(), reason=f"the MP-20 excerpt {SHARED_MP20} is not on this machine"
+)
+def test_a_few_steps_on_the_mp20_excerpt(inputs, tmp_path):
+    """The dataset built on the fly from a CDVAE CSV, every condition column present."""
+    trainer = train_lora(
+        _config(inputs, tmp_path / "mp20", dataset=str(SHARED_MP20), max_steps=3, save_steps=10)
+    )
+    assert trainer.state.global_step == 3
+    assert all(math.isfinite(v) for v in _losses(trainer).values())
