@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--rattle", type=float, default=0.05, help="Gaussian displacement std (Å)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (on a shared 2-core machine, 2 oversubscribe)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -70,6 +73,8 @@ def main() -> None:
     from chgnet.model import CHGNet, StructOptimizer
 
     from hf_crystal.evaluation.relax import BatchedRelaxer
+
+    torch.set_num_threads(args.threads)
 
     structures, source = load_structures(args.data, args.n, args.rattle, args.seed)
     n_atoms = np.array([len(s) for s in structures])

@@ -65,7 +65,10 @@ def test_wasserstein_known_answers():
     out = distribution_distances([expanded], [nacl])
     assert out["wdist_density"] == pytest.approx(nacl.density / 2)
     assert out["wdist_nary"] == 0.0
-    assert distribution_distances([Structure(Lattice.cubic(3), ["Cu"], [[0, 0, 0]])], [nacl])["wdist_nary"] == 1.0
+    assert (
+        distribution_distances([Structure(Lattice.cubic(3), ["Cu"], [[0, 0, 0]])], [nacl])["wdist_nary"]
+        == 1.0
+    )
 
 
 def test_uniqueness_with_duplicates_translations_and_supercells():
@@ -89,5 +92,10 @@ def test_novelty_against_training_set():
     strained.apply_strain(0.05)  # within the matcher's length tolerance: not novel
     cscl_type_nacl = Structure(Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
     train = [nacl.get_primitive_structure(), _zno()]
-    assert novel_flags([nacl * (1, 2, 2), strained, cscl_type_nacl, _cscl()], train) == [False, False, True, True]
+    assert novel_flags([nacl * (1, 2, 2), strained, cscl_type_nacl, _cscl()], train) == [
+        False,
+        False,
+        True,
+        True,
+    ]
     assert novel_flags([nacl], []) == [True]

@@ -84,10 +84,10 @@ def test_mp2020_correction_of_ml_energies():
 
 
 def test_elemental_reference_states():
-    (o2, relax_cell), = elemental_reference_structures("O")
+    ((o2, relax_cell),) = elemental_reference_structures("O")
     assert not relax_cell and o2.composition.reduced_formula == "O2" and o2.volume > 1000
     assert o2.get_distance(0, 1) == pytest.approx(1.21)
-    (cu, relax_cell), = elemental_reference_structures("Cu")
+    ((cu, relax_cell),) = elemental_reference_structures("Cu")
     assert relax_cell and len(cu) == 1 and cu.lattice.a == pytest.approx(3.61 / 2**0.5, abs=0.01)
     boron = elemental_reference_structures("B")  # ASE knows B's structure but has no basis for it
     assert len(boron) == 5 and all(rc for _, rc in boron)

@@ -42,7 +42,9 @@ def test_tiny_volume_is_invalid():
 
 
 def test_impossible_charge_balance_is_compositionally_invalid():
-    assert not composition_validity(Structure(Lattice.cubic(5), ["Na", "F", "F"], [[0, 0, 0], [0.5] * 3, [0.2] * 3]))
+    assert not composition_validity(
+        Structure(Lattice.cubic(5), ["Na", "F", "F"], [[0, 0, 0], [0.5] * 3, [0.2] * 3])
+    )
     assert composition_validity(Structure(Lattice.cubic(5), ["Na", "F"], [[0, 0, 0], [0.5] * 3]))
 
 

@@ -278,12 +278,19 @@ class BatchedRelaxer:
         """Batched CHGNet energies/forces/stresses for all slots; a string for each slot that failed."""
         outcomes: list[dict | str] = ["" for _ in slots]
         graphs, owners = [], []
-        for k, slot in enumerate(slots):
-            try:
-                graphs.append(self.model.graph_converter(slot.structure()))
-                owners.append(k)
-            except Exception as exc:
-                outcomes[k] = f"graph construction failed: {exc}"
+        converter = self.model.graph_converter
+        # An isolated atom (no neighbour within the cutoff) is a failure here, whatever the shared
+        # converter was set to (CHGNet's ASE calculator switches it to "warn").
+        previous, converter.on_isolated_atoms = converter.on_isolated_atoms, "error"
+        try:
+            for k, slot in enumerate(slots):
+                try:
+                    graphs.append(converter(slot.structure()))
+                    owners.append(k)
+                except Exception as exc:
+                    outcomes[k] = f"graph construction failed: {exc}"
+        finally:
+            converter.on_isolated_atoms = previous
         if not graphs:
             return outcomes
         try:

@@ -1,0 +1,97 @@
+"""Batched CHGNet relaxation: agreement with CHGNet's StructOptimizer, failures reported, cache resume."""
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+chgnet = pytest.importorskip("chgnet")
+
+from hf_crystal.evaluation.relax import BatchedRelaxer, RelaxationError  # noqa: E402
+
+FMAX, STEPS = 0.1, 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    """CHGNet on one torch thread: on a shared 2-core machine two threads oversubscribe (10x slower)."""
+    import torch
+    from chgnet.model import CHGNet
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield CHGNet.load(verbose=False, use_device="cpu")
+    torch.set_num_threads(threads)
+
+
+def _rattled() -> list[Structure]:
+    rng = np.random.default_rng(3)
+    cells = [
+        Structure(Lattice.cubic(5.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure(),
+        Structure(Lattice.cubic(5.5), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]]),
+    ]
+    return [
+        Structure(
+            s.lattice, s.species, s.cart_coords + rng.normal(0, 0.05, (len(s), 3)), coords_are_cartesian=True
+        )
+        for s in cells
+    ]
+
+
+def test_batched_energies_match_sequential_struct_optimizer(model):
+    from chgnet.model import StructOptimizer
+
+    structures = _rattled()
+    batched = BatchedRelaxer(model, fmax=FMAX, max_steps=STEPS, batch_size=2).relax(
+        structures, progress=False
+    )
+    optimizer = StructOptimizer(model, optimizer_class="FIRE", use_device="cpu")
+    for s, b in zip(structures, batched, strict=True):
+        seq = optimizer.relax(s, fmax=FMAX, steps=STEPS, verbose=False)
+        assert b.error is None
+        assert b.energy == pytest.approx(seq["trajectory"].energies[-1], abs=1e-4)
+        assert b.steps == len(seq["trajectory"]) - 2  # initial state, one per step, final repeat
+        assert b.structure.lattice.volume == pytest.approx(seq["final_structure"].volume, rel=1e-4)
+        assert b.energy <= b.initial_energy + 1e-6
+    assert batched[0].converged or batched[0].steps == STEPS
+
+
+def test_failures_are_reported_not_raised(model):
+    isolated = Structure(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])  # no neighbour within CHGNet's cutoff
+    disordered = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    good = _rattled()[0]
+    results = BatchedRelaxer(model, fmax=FMAX, max_steps=3, batch_size=3).relax(
+        [isolated, disordered, good], progress=False
+    )
+    assert "graph" in results[0].error and results[0].structure is None and np.isnan(results[0].energy)
+    assert "disordered" in results[1].error
+    assert results[2].error is None and np.isfinite(results[2].energy)
+
+
+def test_cache_makes_a_rerun_resume(model, tmp_path):
+    structures = _rattled()[:1]
+    first = BatchedRelaxer(model, fmax=FMAX, max_steps=3, cache_dir=tmp_path).relax(
+        structures, progress=False
+    )
+    assert len(list(tmp_path.rglob("*.json"))) == 1
+
+    class Exploding:
+        version, is_intensive, graph_converter = model.version, True, model.graph_converter
+
+        def predict_graph(self, *args, **kwargs):
+            raise AssertionError("a cached structure must not be recomputed")
+
+    again = BatchedRelaxer(Exploding(), fmax=FMAX, max_steps=3, cache_dir=tmp_path).relax(
+        structures, progress=False
+    )
+    assert again[0].cached and again[0].energy == first[0].energy
+    assert again[0].structure == first[0].structure
+    # Other settings are another cache key: relaxed anew.
+    BatchedRelaxer(model, fmax=0.2, max_steps=3, cache_dir=tmp_path).relax(structures, progress=False)
+    assert len(list(tmp_path.rglob("*.json"))) == 2
+
+
+def test_bad_settings_raise(model):
+    with pytest.raises(RelaxationError, match="optimizer"):
+        BatchedRelaxer(model, optimizer="BFGSLineSearch")
+    with pytest.raises(RelaxationError):
+        BatchedRelaxer(model, fmax=0)
