@@ -1,0 +1,350 @@
+"""Structured-generation libraries vs hf_crystal.constraints for the crystal format, in one run.
+
+    python benchmarks/bench_constraints.py [--steps 24] [--vocab 32000]
+
+For each candidate (xgrammar, llguidance, outlines-core, lm-format-enforcer, transformers-cfg and our
+`CrystalLogitsProcessor`) and each tokenizer (our crystal tokenizer; a LLaMA-style BPE: Metaspace,
+single digits, byte fallback, padded to `--vocab` tokens with extra random tokens, as a 32k LLaMA
+vocabulary is): build the constraint for the crystal regex (no composition: no library expresses
+exact counts in any order compactly), sample with a random tiny Llama through transformers'
+`generate`, check that every output decodes with `hf_crystal.text.decode`, and time the processor per
+generation step at batch 1 and 32. The ratio is (model step + processor) / model step, the model a
+Llama with hidden 256, 4 layers (the larger the model, the smaller the ratio). Libraries that are not
+installed or fail are reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import string
+import time
+import traceback
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, PreTrainedTokenizerFast
+
+from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
+from hf_crystal.prompts import generation_prompt
+from hf_crystal.text import ELEMENT_SYMBOLS, try_decode
+from hf_crystal.tokenization import build_crystal_tokenizer
+
+LIBRARIES = ("xgrammar", "llguidance", "outlines_core", "lmformatenforcer", "transformers_cfg")
+BATCHES = (1, 32)
+CORPUS_SIZE = 300
+
+# The crystal format as a regular expression (SPEC 2), the part a library can enforce.
+LENGTH = r"[1-9][0-9]{0,2}\.[0-9]"
+ANGLE = r"(?:[1-9]|[1-9][0-9]|1[0-7][0-9])"
+ELEMENT = "(?:" + "|".join(ELEMENT_SYMBOLS) + ")"
+COORDS = r"0\.[0-9][0-9] 0\.[0-9][0-9] 0\.[0-9][0-9]"
+
+
+def crystal_regex(max_sites: int) -> str:
+    return f"{LENGTH} {LENGTH} {LENGTH}\n{ANGLE} {ANGLE} {ANGLE}(?:\n{ELEMENT}\n{COORDS}){{1,{max_sites}}}"
+
+
+def corpus(rng: np.random.Generator) -> list[str]:
+    """Random crystal texts (SPEC 2 format) and prompts to train a BPE on."""
+    texts = []
+    for _ in range(CORPUS_SIZE):
+        n = int(rng.integers(1, 9))
+        lines = [
+            " ".join(f"{x:.1f}" for x in rng.uniform(2, 15, 3)),
+            " ".join(str(a) for a in rng.integers(60, 121, 3)),
+        ]
+        for symbol in rng.choice(ELEMENT_SYMBOLS[:94], n):
+            lines += [str(symbol), " ".join(f"{x:.2f}" for x in rng.random(3))]
+        texts.append(generation_prompt({"formula": "Na1Cl1"}) + "\n".join(lines))
+    return texts
+
+
+def llama_style_tokenizer(vocab_size: int, seed: int = 0) -> PreTrainedTokenizerFast:
+    """A BPE like LLaMA's (Metaspace, single digits, <0xNN> byte fallback), padded to `vocab_size` tokens.
+
+    The padding tokens are random strings of crystal characters and letters: never produced by the
+    encoder, but the model may sample them and a constraint must handle them.
+    """
+    rng = np.random.default_rng(seed)
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=list(string.printable),
+    )
+    backend.train_from_iterator(corpus(rng), trainer)
+    spec = json.loads(backend.to_str())
+    vocab = spec["model"]["vocab"]
+    pieces = [*string.ascii_letters, *string.digits, ".", " ", "\n", "▁", *ELEMENT_SYMBOLS]
+    extras = [f"<0x{b:02X}>" for b in range(256)]
+    while len(vocab) + len(extras) < vocab_size:
+        extras.append("".join(rng.choice(pieces, int(rng.integers(2, 6)))).replace(" ", "▁"))
+    for token in extras:
+        vocab.setdefault(token, len(vocab))
+    spec["model"]["byte_fallback"] = True
+    spec["decoder"] = json.loads(
+        decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        ).__getstate__()
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+    )
+
+
+def tiny_llama(tokenizer, hidden: int, layers: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+class Timed(LogitsProcessor):
+    """Wraps a processor (or none) and adds up the time spent in it."""
+
+    def __init__(self, inner=None):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+
+    def __call__(self, input_ids, scores):
+        start = time.perf_counter()
+        out = scores if self.inner is None else self.inner(input_ids, scores)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+
+# Each builder: (tokenizer, regex, batch) -> (processor or None, prefix_allowed_tokens_fn or None).
+def build_ours(tokenizer, regex, batch, prompt_length):
+    return CrystalLogitsProcessor(tokenizer, CrystalConstraint(), prompt_length), None
+
+
+def build_xgrammar(tokenizer, regex, batch, prompt_length):
+    import xgrammar as xgr
+    import xgrammar.contrib.hf
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+    compiled = xgr.GrammarCompiler(info).compile_regex(regex)
+    return xgrammar.contrib.hf.LogitsProcessor(compiled), None
+
+
+class LLGuidanceProcessor(LogitsProcessor):
+    """One llguidance matcher per row (llguidance ships no transformers processor)."""
+
+    def __init__(self, tokenizer, regex, batch, prompt_length):
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch
+
+        self.torch = llguidance.torch
+        lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=len(tokenizer))
+        grammar = llguidance.LLMatcher.grammar_from_regex(regex)
+        self.matchers = [llguidance.LLMatcher(lltok, grammar) for _ in range(batch)]
+        self.mask = self.torch.allocate_token_bitmask(batch, lltok.vocab_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > self.prompt_length:
+            for matcher, token in zip(self.matchers, input_ids[:, -1].tolist(), strict=True):
+                if not matcher.is_stopped():
+                    matcher.consume_token(token)
+        for i, matcher in enumerate(self.matchers):
+            self.torch.fill_next_token_bitmask(matcher, self.mask, i)
+        self.torch.apply_token_bitmask_inplace(scores, self.mask)
+        return scores
+
+
+class OutlinesCoreProcessor(LogitsProcessor):
+    """One outlines-core Guide per row over the Index of the regex (outlines-core ships no processor)."""
+
+    def __init__(self, tokenizer, regex, batch, prompt_length):
+        import outlines_core
+
+        zero = tokenizer.convert_tokens_to_ids("0")
+        special = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode(
+            [[zero, t] for t in range(len(tokenizer))], clean_up_tokenization_spaces=False
+        )
+        vocab: dict[str, list[int]] = {}
+        for token_id, text in enumerate(texts):
+            if token_id not in special and text[1:]:
+                vocab.setdefault(text[1:], []).append(token_id)
+        index = outlines_core.Index(regex, outlines_core.Vocabulary(tokenizer.eos_token_id, vocab))
+        self.guides = [outlines_core.Guide(index) for _ in range(batch)]
+        self.prompt_length, self.eos = prompt_length, tokenizer.eos_token_id
+        self.done = [False] * batch
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > self.prompt_length:
+            for i, token in enumerate(input_ids[:, -1].tolist()):
+                self.done[i] |= token == self.eos
+                if not self.done[i]:
+                    self.guides[i].advance(token)
+        mask = torch.full_like(scores, float("-inf"))
+        for i, guide in enumerate(self.guides):
+            mask[i, [self.eos] if self.done[i] else guide.get_tokens()] = 0
+        return scores + mask
+
+
+def build_llguidance(tokenizer, regex, batch, prompt_length):
+    return LLGuidanceProcessor(tokenizer, regex, batch, prompt_length), None
+
+
+def build_outlines_core(tokenizer, regex, batch, prompt_length):
+    return OutlinesCoreProcessor(tokenizer, regex, batch, prompt_length), None
+
+
+def build_lmformatenforcer(tokenizer, regex, batch, prompt_length):
+    from lmformatenforcer import RegexParser
+    from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
+
+    return None, build_transformers_prefix_allowed_tokens_fn(tokenizer, RegexParser(regex))
+
+
+def build_transformers_cfg(tokenizer, regex, batch, prompt_length):
+    from transformers_cfg.generation.logits_process import GrammarConstrainedLogitsProcessor
+    from transformers_cfg.grammar_utils import IncrementalGrammarConstraint
+
+    element = " | ".join(json.dumps(s) for s in ELEMENT_SYMBOLS)
+    grammar = f"""
+root ::= length " " length " " length "\\n" angle " " angle " " angle site+
+length ::= [1-9] [0-9]? [0-9]? "." [0-9]
+angle ::= [1-9] | [1-9] [0-9] | "1" [0-7] [0-9]
+site ::= "\\n" element "\\n" coord " " coord " " coord
+element ::= {element}
+coord ::= "0." [0-9] [0-9]
+"""
+    return GrammarConstrainedLogitsProcessor(IncrementalGrammarConstraint(grammar, "root", tokenizer)), None
+
+
+BUILDERS = {
+    "hf_crystal (ours)": build_ours,
+    "xgrammar": build_xgrammar,
+    "llguidance": build_llguidance,
+    "outlines_core": build_outlines_core,
+    "lmformatenforcer": build_lmformatenforcer,
+    "transformers_cfg": build_transformers_cfg,
+}
+
+
+def run(name, tokenizer, model, batch, steps, max_sites, seed=0):
+    """Sample `batch` crystals: (fraction that decode, processor seconds per step, build seconds)."""
+    prompt = tokenizer([generation_prompt()] * batch, return_tensors="pt", add_special_tokens=False)
+    start = time.perf_counter()
+    processor, prefix_fn = BUILDERS[name](
+        tokenizer, crystal_regex(max_sites), batch, prompt.input_ids.shape[1]
+    )
+    build = time.perf_counter() - start
+    timed = Timed(processor)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            **prompt,
+            do_sample=True,
+            max_new_tokens=steps,
+            logits_processor=[timed],
+            prefix_allowed_tokens_fn=prefix_fn,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    texts = tokenizer.batch_decode(out[:, prompt.input_ids.shape[1] :], skip_special_tokens=True)
+    ok = sum(try_decode(t)[0] is not None for t in texts) / batch
+    return ok, timed.seconds / max(timed.calls, 1), build
+
+
+def model_step_seconds(tokenizer, model, batch, steps):
+    """Seconds per generation step of the unconstrained model (EOS disabled, fixed number of steps)."""
+    prompt = tokenizer([generation_prompt()] * batch, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        model.generate(
+            **prompt, do_sample=True, max_new_tokens=2, pad_token_id=tokenizer.pad_token_id
+        )  # warm-up
+        start = time.perf_counter()
+        model.generate(
+            **prompt,
+            do_sample=True,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=400, help="max_new_tokens per generate call")
+    parser.add_argument("--vocab", type=int, default=32000, help="size of the LLaMA-style vocabulary")
+    parser.add_argument("--max-sites", type=int, default=DEFAULT_MAX_SITES)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    tokenizers = {
+        "crystal": build_crystal_tokenizer(),
+        f"llama-bpe-{args.vocab // 1000}k": llama_style_tokenizer(args.vocab),
+    }
+    for tok in tokenizers.values():
+        tok.padding_side = "left"
+    rows = []
+    for tok_name, tok in tokenizers.items():
+        model = tiny_llama(tok, hidden=256, layers=4)
+        base = {b: model_step_seconds(tok, model, b, 32) for b in BATCHES}
+        for name in BUILDERS:
+            module = (
+                LIBRARIES[list(BUILDERS).index(name) - 1]
+                if name in BUILDERS and name != "hf_crystal (ours)"
+                else None
+            )
+            if module and importlib.util.find_spec(module) is None:
+                rows.append((name, tok_name, "skipped: not installed", "", "", "", ""))
+                continue
+            row = [name, tok_name]
+            try:
+                for b in BATCHES:
+                    ok, per_step, build = run(name, tok, model, b, args.steps, args.max_sites)
+                    row += [f"{ok:.0%}", f"{per_step * 1e3:.2f} ms ({1 + per_step / base[b]:.2f}x)"]
+                row.append(f"{build:.2f} s")
+            except Exception as err:  # a failing library is a result of the comparison
+                traceback.print_exc()
+                row = [name, tok_name, f"error: {type(err).__name__}: {str(err)[:80]}", "", "", "", ""]
+            rows.append(tuple(row))
+            print(" | ".join(row), flush=True)
+        print(
+            f"model step without constraint ({tok_name}): "
+            + ", ".join(f"batch {b}: {s * 1e3:.2f} ms" for b, s in base.items())
+        )
+    header = (
+        "library",
+        "tokenizer",
+        "decodes b=1",
+        "processor/step b=1 (ratio)",
+        "decodes b=32",
+        "processor/step b=32 (ratio)",
+        "build",
+    )
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
