@@ -38,6 +38,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["FIRE", "BFGS", "LBFGS", "MDMin"])
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
     p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
+    p.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
     p.add_argument(
         "--limit", type=int, help="evaluate only the first N samples / reference / train structures"
     )
@@ -85,6 +86,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
     from hf_crystal.evaluation.report import evaluate
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ids, samples, skipped = _read(args.samples, args.limit, "samples")
     _, reference, _ = _read(args.reference, args.limit, "reference")
     train = _read(args.train, args.limit, "train")[1] if args.train else []
