@@ -16,6 +16,7 @@ from functools import cache
 import numpy as np
 from pymatgen.core import Composition, Structure
 from scipy.spatial.distance import cdist
+from tqdm.auto import tqdm
 
 # CDVAE (Xie et al. 2022) COV cutoffs for MP-20 (compute_metrics.COV_Cutoffs["mp20"]).
 STRUCTURE_CUTOFF = 0.4
@@ -54,13 +55,15 @@ def composition_fingerprint(composition: Composition | Structure) -> np.ndarray:
         return np.asarray(_magpie().featurize(Composition(composition).element_composition), dtype=float)
 
 
-def fingerprints(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fingerprints(
+    structures: list[Structure], *, progress: bool = False, desc: str = "fingerprints"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Structure and composition fingerprints of many structures, and a mask of those that succeeded.
 
     Rows of structures whose fingerprint failed are NaN and ``ok`` is False for them.
     """
     struct_fps, comp_fps, ok = [], [], []
-    for s in structures:
+    for s in tqdm(structures, desc=desc, disable=not progress):
         try:
             struct_fps.append(structure_fingerprint(s))
             comp_fps.append(composition_fingerprint(s))

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
+from tqdm.auto import tqdm
 
 # FlowMM (Miller et al. 2024) matcher settings, the same as CDVAE's reconstruction matcher.
 MATCHER_STOL = 0.5
@@ -22,12 +23,14 @@ def _formula(s: Structure) -> str:
     return s.composition.reduced_formula
 
 
-def unique_flags(structures: list[Structure], matcher: StructureMatcher | None = None) -> list[bool]:
+def unique_flags(
+    structures: list[Structure], matcher: StructureMatcher | None = None, *, progress: bool = False
+) -> list[bool]:
     """True for the first structure of each group of mutual matches, False for later duplicates."""
     matcher = matcher or default_matcher()
     kept: dict[str, list[Structure]] = defaultdict(list)
     flags = []
-    for s in structures:
+    for s in tqdm(structures, desc="uniqueness", disable=not progress):
         seen = kept[_formula(s)]
         duplicate = any(matcher.fit(s, other) for other in seen)
         if not duplicate:
@@ -37,11 +40,18 @@ def unique_flags(structures: list[Structure], matcher: StructureMatcher | None =
 
 
 def novel_flags(
-    structures: list[Structure], training: list[Structure], matcher: StructureMatcher | None = None
+    structures: list[Structure],
+    training: list[Structure],
+    matcher: StructureMatcher | None = None,
+    *,
+    progress: bool = False,
 ) -> list[bool]:
     """True for each structure that matches no training structure of the same reduced formula."""
     matcher = matcher or default_matcher()
     by_formula: dict[str, list[Structure]] = defaultdict(list)
     for t in training:
         by_formula[_formula(t)].append(t)
-    return [not any(matcher.fit(s, t) for t in by_formula.get(_formula(s), [])) for s in structures]
+    return [
+        not any(matcher.fit(s, t) for t in by_formula.get(_formula(s), []))
+        for s in tqdm(structures, desc="novelty", disable=not progress)
+    ]

@@ -95,7 +95,9 @@ def evaluate(
         for i, s in zip(ids, samples, strict=True)
     ]
 
-    flags = [validity_flags(s) for s in tqdm(samples, desc="validity", disable=not progress)]
+    with warnings.catch_warnings():  # pymatgen warns about elements without some property data
+        warnings.simplefilter("ignore")
+        flags = [validity_flags(s) for s in tqdm(samples, desc="validity", disable=not progress)]
     for key in ("struct_valid", "comp_valid", "valid"):
         metrics[key] = _rate(sum(f[key] for f in flags), n_total)
     for row, f, s, d in zip(rows, flags, samples, densities(samples), strict=True):
@@ -106,8 +108,8 @@ def evaluate(
     metrics |= distribution_distances(valid, reference)
 
     matcher = default_matcher()
-    unique = unique_flags(list(tqdm(samples, desc="uniqueness", disable=not progress)), matcher)
-    novel = novel_flags(list(tqdm(samples, desc="novelty", disable=not progress)), train, matcher)
+    unique = unique_flags(samples, matcher, progress=progress)
+    novel = novel_flags(samples, train, matcher, progress=progress)
     metrics["unique_rate"] = _rate(sum(unique), len(samples))
     metrics["novel_rate"] = _rate(sum(novel), len(samples)) if train else float("nan")
     for row, u, n in zip(rows, unique, novel, strict=True):
@@ -140,8 +142,8 @@ def _plain(value):
 def _coverage(samples, reference, n_total, progress) -> dict:
     if not samples or not reference:
         return {"cov_recall": float("nan"), "cov_precision": float("nan")}
-    gen = cov.fingerprints(list(tqdm(samples, desc="fingerprints: samples", disable=not progress)))
-    ref = cov.fingerprints(list(tqdm(reference, desc="fingerprints: reference", disable=not progress)))
+    gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
+    ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
     return cov.coverage(gen[0], gen[1], ref[0], ref[1], n_generated=n_total)
 
 
