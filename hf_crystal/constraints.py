@@ -455,19 +455,26 @@ class CrystalLogitsProcessor(LogitsProcessor):
         generated = input_ids[:, self._prompt_length :].cpu().numpy()
         batch = generated.shape[0]
         rows, columns, current = [], [], {}
-        keep = torch.ones(batch, dtype=torch.bool)
+        finished = []
         for r in range(batch):
             rule = self._rule_index(r, batch)
             row = self._row(rule, generated[r])
             current[(rule, generated[r].tobytes())] = row
             if row.finished:
+                finished.append(r)
                 continue
-            keep[r] = False
             ids = self._rules[rule].allowed(row, self._eos)
             rows.append(np.full(len(ids), r))
             columns.append(ids)
         self._rows = current
-        mask = keep[:, None].repeat(1, scores.shape[-1])
+        # Copy the allowed scores into a -inf tensor: cheaper than building and applying a full boolean mask.
+        masked = torch.full_like(scores, float("-inf"))
         if rows:
-            mask[torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(columns))] = True
-        return scores.masked_fill(~mask.to(scores.device), float("-inf"))
+            index = (
+                torch.from_numpy(np.concatenate(rows)).to(scores.device),
+                torch.from_numpy(np.concatenate(columns)).to(scores.device),
+            )
+            masked[index] = scores[index]
+        if finished:
+            masked[finished] = scores[finished]
+        return masked

@@ -1,0 +1,318 @@
+"""Constrained decoding: sampled crystals from random tiny Llamas always decode and obey their constraints,
+with our crystal tokenizer and with a LLaMA-style BPE (Metaspace, single digits, byte fallback)."""
+
+import json
+import re
+import string
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Composition
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hf_crystal.constraints import (
+    ConstraintError,
+    CrystalConstraint,
+    CrystalLogitsProcessor,
+    _angle_range,
+)
+from hf_crystal.prompts import generation_prompt, infill_prompt
+from hf_crystal.text import ELEMENT_SYMBOLS, decode, try_decode
+from hf_crystal.tokenization import build_crystal_tokenizer
+
+SAMPLES = 256  # sampled crystals per tokenizer in the main test
+BATCH = 64
+MAX_SITES = 4  # keeps sampling short; the bound itself is tested separately
+# Lengths line + angles line + MAX_SITES sites, one character per token at worst, plus slack.
+TOKENS_PER_SITE, HEAD_TOKENS = 20, 40
+MAX_NEW_TOKENS = HEAD_TOKENS + TOKENS_PER_SITE * MAX_SITES
+COORDS_LINE = re.compile(r"0\.\d\d 0\.\d\d 0\.\d\d")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids waiting for a busy second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _corpus(rng):
+    texts = []
+    for _ in range(300):
+        lines = [
+            " ".join(f"{x:.1f}" for x in rng.uniform(2, 15, 3)),
+            " ".join(map(str, rng.integers(60, 121, 3))),
+        ]
+        for symbol in rng.choice(ELEMENT_SYMBOLS[:94], int(rng.integers(1, 9))):
+            lines += [str(symbol), " ".join(f"{x:.2f}" for x in rng.random(3))]
+        texts.append(generation_prompt({"formula": "Na1Cl1"}) + "\n".join(lines))
+    return texts
+
+
+def llama_style_tokenizer():
+    """A BPE like LLaMA's: Metaspace ("▁"), digits split, <0xNN> byte-fallback tokens, a Strip decoder.
+
+    Trained on crystal texts and prompts, so that merged tokens such as "\\nNa\\n" exist.
+    """
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=list(string.printable),
+    )
+    backend.train_from_iterator(_corpus(np.random.default_rng(0)), trainer)
+    spec = json.loads(backend.to_str())
+    for byte in range(256):
+        spec["model"]["vocab"].setdefault(f"<0x{byte:02X}>", len(spec["model"]["vocab"]))
+    spec["model"]["byte_fallback"] = True
+    spec["decoder"] = json.loads(
+        decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        ).__getstate__()
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+
+
+def tiny_llama(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module", params=["crystal", "llama-bpe"])
+def setup(request):
+    """(tokenizer, tiny random model) for each tokenizer kind."""
+    tokenizer = build_crystal_tokenizer() if request.param == "crystal" else llama_style_tokenizer()
+    tokenizer.padding_side = "left"
+    return tokenizer, tiny_llama(tokenizer)
+
+
+def sample(
+    setup, constraints, prompts, *, per_prompt=1, constrained=True, max_new_tokens=MAX_NEW_TOKENS, **kwargs
+):
+    """Completions (text, and token ids up to and including EOS) for `prompts`, `per_prompt` each."""
+    tokenizer, model = setup
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    width = batch.input_ids.shape[1]
+    processors = [CrystalLogitsProcessor(tokenizer, constraints, width, per_prompt)] if constrained else []
+    generation = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} | kwargs
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=per_prompt,
+            logits_processor=processors,
+            pad_token_id=tokenizer.pad_token_id,
+            **generation,
+        )
+    completions = out[:, width:].tolist()
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return texts, completions
+
+
+def sample_many(setup, constraint, n, prompt=None, **kwargs):
+    texts = []
+    for start in range(0, n, BATCH):
+        torch.manual_seed(start)
+        texts += sample(setup, constraint, [prompt or generation_prompt()] * min(BATCH, n - start), **kwargs)[
+            0
+        ]
+    return texts
+
+
+def test_sampled_crystals_always_decode(setup):
+    texts = sample_many(setup, CrystalConstraint(max_sites=MAX_SITES), SAMPLES)
+    failures = [(t, err) for t in texts if (err := try_decode(t)[1]) is not None]
+    assert not failures, f"{len(failures)}/{len(texts)} do not decode, e.g. {failures[:3]}"
+    structures = [decode(t) for t in texts]
+    assert all(1 <= len(s) <= MAX_SITES for s in structures)
+    assert len({s.composition.formula for s in structures}) > SAMPLES // 4  # sampling, not one fixed answer
+    for text in texts:
+        lengths, angles = text.split("\n")[:2]
+        assert all(re.fullmatch(r"[1-9]\d{0,2}\.\d", x) for x in lengths.split(" ")), lengths
+        assert all(1 <= int(x) <= 179 for x in angles.split(" ")), angles
+
+
+def test_unconstrained_random_model_mostly_fails(setup):
+    """The constraint does the work: the same model without it almost never writes a crystal."""
+    torch.manual_seed(0)
+    texts, _ = sample(setup, None, [generation_prompt()] * BATCH, constrained=False)
+    assert sum(try_decode(t)[0] is not None for t in texts) <= BATCH // 10
+
+
+def test_element_set(setup):
+    allowed = ("N", "Na", "O")
+    texts = sample_many(setup, CrystalConstraint(elements=allowed, max_sites=MAX_SITES), BATCH)
+    symbols = {site.specie.symbol for t in texts for site in decode(t)}
+    assert symbols <= set(allowed) and len(symbols) >= 2
+
+
+@pytest.mark.parametrize("formula", ["Na4Cl4", "Na3N", "N2", "Li1Fe1P1O4"])
+def test_exact_composition(setup, formula):
+    composition = {str(e): int(n) for e, n in Composition(formula).items()}
+    budget = HEAD_TOKENS + TOKENS_PER_SITE * sum(composition.values())
+    constraint = CrystalConstraint(composition=composition)
+    texts = sample_many(setup, constraint, 32, generation_prompt({"formula": formula}), max_new_tokens=budget)
+    assert {decode(t).composition for t in texts} == {Composition(formula)}
+
+
+def test_max_sites(setup):
+    texts = sample_many(setup, CrystalConstraint(max_sites=2), BATCH)
+    sizes = [len(decode(t)) for t in texts]
+    assert max(sizes) == 2 and min(sizes) >= 1
+
+
+def test_infill_writes_one_element(setup):
+    prompt = infill_prompt("4.0 4.0 4.0\n90 90 90\n[MASK]\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")
+    texts = sample_many(setup, CrystalConstraint(task="infill"), BATCH, prompt)
+    assert set(texts) <= set(ELEMENT_SYMBOLS) and len(set(texts)) > 5
+    texts = sample_many(setup, CrystalConstraint(task="infill", elements=("N", "Na")), BATCH, prompt)
+    assert set(texts) == {"N", "Na"}
+
+
+def test_eos_only_after_a_complete_site(setup):
+    tokenizer, _ = setup
+    _, completions = sample(setup, CrystalConstraint(max_sites=MAX_SITES), [generation_prompt()] * BATCH)
+    for ids in completions:
+        assert tokenizer.eos_token_id in ids, "generation ran out of tokens"
+        text = tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)])
+        assert COORDS_LINE.fullmatch(text.split("\n")[-1]), text
+
+
+def _allowed_next(tokenizer, constraint, text):
+    """The texts of the tokens allowed after completion `text` (EOS as "<EOS>")."""
+    prompt = tokenizer(generation_prompt(), add_special_tokens=False).input_ids
+    completion = tokenizer(text, add_special_tokens=False).input_ids if text else []
+    ids = torch.tensor([prompt + completion])
+    scores = CrystalLogitsProcessor(tokenizer, constraint, len(prompt))(ids, torch.zeros(1, len(tokenizer)))
+    allowed = torch.isfinite(scores[0]).nonzero().flatten().tolist()
+    return {"<EOS>" if t == tokenizer.eos_token_id else tokenizer.decode([t]) for t in allowed}
+
+
+def test_allowed_tokens_at_key_points():
+    tokenizer = build_crystal_tokenizer()
+    head = "4.2 4.2 4.2\n90 90 90\n"
+    assert "<EOS>" not in _allowed_next(tokenizer, CrystalConstraint(), head + "Na")
+    assert "<EOS>" not in _allowed_next(tokenizer, CrystalConstraint(), "")
+    assert "<EOS>" in _allowed_next(tokenizer, CrystalConstraint(), head + "Na\n0.00 0.00 0.00")
+    assert _allowed_next(tokenizer, CrystalConstraint(max_sites=1), head + "Na\n0.00 0.00 0.00") == {"<EOS>"}
+    # N vs Na: with only Na left, "N" may be written (it starts "Na") but not ended.
+    after_n = _allowed_next(tokenizer, CrystalConstraint(composition={"Na": 1, "Cl": 1}), head + "N")
+    assert after_n == {"a"}
+    assert _allowed_next(tokenizer, CrystalConstraint(composition={"N": 1}), head + "N") == {"\n"}
+    # The third angle closes a cell with the first two: 20 and 30 leave 11-49.
+    angles = "4.2 4.2 4.2\n20 30 "
+    assert _allowed_next(tokenizer, CrystalConstraint(), angles) == set("1234")
+    assert _allowed_next(tokenizer, CrystalConstraint(), angles + "1") == set("123456789")
+    assert _allowed_next(tokenizer, CrystalConstraint(), angles + "4") == set(string.digits)
+    assert _allowed_next(tokenizer, CrystalConstraint(), angles + "49") == {"\n"}
+
+
+def test_angle_range_matches_decode():
+    rng = np.random.default_rng(0)
+    for alpha, beta in rng.integers(1, 180, (300, 2)):
+        lo, hi = _angle_range(int(alpha), int(beta))
+        for gamma in {1, lo - 1, lo, hi, hi + 1, 179} & set(range(1, 180)):
+            text = f"3.0 3.0 3.0\n{alpha} {beta} {gamma}\nH\n0.00 0.00 0.00"
+            assert (try_decode(text)[0] is not None) == (lo <= gamma <= hi), (alpha, beta, gamma)
+
+
+def test_batch_with_a_constraint_per_prompt(setup):
+    constraints = [
+        CrystalConstraint(composition={"Na": 1, "Cl": 1}),
+        CrystalConstraint(elements=("O",), max_sites=3),
+        CrystalConstraint(max_sites=1),
+    ]
+    # Prompts of different lengths: left padding.
+    prompts = [
+        generation_prompt({"formula": "NaCl"}),
+        generation_prompt(),
+        generation_prompt({"spacegroup": 225}),
+    ]
+    torch.manual_seed(0)
+    texts, _ = sample(setup, constraints, prompts, per_prompt=8)
+    structures = [decode(t) for t in texts]
+    assert {s.composition.formula for s in structures[:8]} == {"Na1 Cl1"}
+    assert all({x.specie.symbol for x in s} == {"O"} and len(s) <= 3 for s in structures[8:16])
+    assert all(len(s) == 1 for s in structures[16:])
+
+
+def test_greedy(setup):
+    texts, _ = sample(
+        setup, CrystalConstraint(max_sites=MAX_SITES), [generation_prompt()] * 4, do_sample=False
+    )
+    assert len(set(texts)) == 1
+    decode(texts[0])
+
+
+def test_rows_after_eos_are_left_alone():
+    tokenizer = build_crystal_tokenizer()
+    prompt = tokenizer(generation_prompt(), add_special_tokens=False).input_ids
+    done = tokenizer("4.2 4.2 4.2\n90 90 90\nNa\n0.00 0.00 0.00", add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt + done + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * 3])
+    scores = torch.randn(1, len(tokenizer))
+    out = CrystalLogitsProcessor(tokenizer, CrystalConstraint(), len(prompt))(ids, scores)
+    assert torch.equal(out, scores)
+
+
+def test_typed_errors():
+    tokenizer = build_crystal_tokenizer()
+    with pytest.raises(ConstraintError, match="unknown element symbols \\['Ln'\\]"):
+        CrystalConstraint(elements=("Na", "Ln"))
+    with pytest.raises(ConstraintError, match="unknown element symbols \\['Xx'\\]"):
+        CrystalConstraint(composition={"Xx": 1})
+    with pytest.raises(ConstraintError, match="70 atoms, more than max_sites=64"):
+        CrystalConstraint(composition={"Na": 35, "Cl": 35})
+    with pytest.raises(ConstraintError, match="whole numbers"):
+        CrystalConstraint(composition={"Na": 0.5})
+    with pytest.raises(ConstraintError, match="not in elements"):
+        CrystalConstraint(elements=("Na",), composition={"Cl": 1})
+    with pytest.raises(ConstraintError, match="generation task only"):
+        CrystalConstraint(task="infill", composition={"Na": 1})
+    with pytest.raises(ConstraintError, match="task must be one of"):
+        CrystalConstraint(task="relax")
+    with pytest.raises(ConstraintError, match="max_sites"):
+        CrystalConstraint(max_sites=0)
+    processor = CrystalLogitsProcessor(tokenizer, [CrystalConstraint()] * 2, prompt_length=0)
+    with pytest.raises(ConstraintError, match="batch of 3 rows, but 2 constraints x 1"):
+        processor(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, len(tokenizer)))
+
+
+def _word_level_tokenizer(vocab, **special):
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token=vocab[0]))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=vocab[0], **special)
+
+
+def test_tokenizers_that_cannot_write_crystals():
+    letters = sorted(set("".join(ELEMENT_SYMBOLS)))
+    no_eos = _word_level_tokenizer(["<unk>", *string.digits, ".", " ", "\n", *letters])
+    with pytest.raises(ConstraintError, match="no EOS token"):
+        CrystalLogitsProcessor(no_eos, CrystalConstraint(), 0)
+    no_digits = _word_level_tokenizer(["<unk>", "</s>", ".", " ", "\n", "0", *letters], eos_token="</s>")
+    with pytest.raises(ConstraintError, match="no single token for \\['1', '2'"):
+        CrystalLogitsProcessor(no_digits, CrystalConstraint(), 0)
