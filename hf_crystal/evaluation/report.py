@@ -56,6 +56,14 @@ METRICS = {
 }
 
 
+# Columns of samples.csv, in order (stability columns stay empty when relaxation is skipped).
+CSV_COLUMNS = [
+    "id", "formula", "n_atoms", "n_elements", "density", "struct_valid", "comp_valid", "valid", "unique",
+    "novel", "relax_error", "converged", "steps", "energy_per_atom", "energy_drop", "corrected_energy_per_atom",
+    "e_hull", "hull_error", "metastable", "stable", "sun", "match_relaxed", "rmsd_relaxed",
+]  # fmt: skip
+
+
 def evaluate(
     samples: Sequence[Structure],
     reference: Sequence[Structure],
@@ -115,11 +123,29 @@ def evaluate(
     for row, u, n in zip(rows, unique, novel, strict=True):
         row |= {"unique": u, "novel": n if train else None}
 
-    if relax:
-        metrics |= _stability(
-            samples, rows, relaxer, hull_entries, hull_structures or reference, n_total, out, progress
-        )
-    _write_csv(out / "samples.csv", rows)
+    with open(out / "samples.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+
+        def emit(row: dict) -> None:  # one row as soon as it is complete: an interrupt loses nothing
+            writer.writerow({k: _plain(v) for k, v in row.items()})
+            fh.flush()
+
+        if relax:
+            metrics |= _stability(
+                samples,
+                rows,
+                relaxer,
+                hull_entries,
+                hull_structures or reference,
+                n_total,
+                out,
+                progress,
+                emit,
+            )
+        else:
+            for row in rows:
+                emit(row)
     metrics = {k: _plain(v) for k, v in metrics.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plots(out, samples, valid, reference, [r.get("e_hull") for r in rows])
@@ -147,7 +173,7 @@ def _coverage(samples, reference, n_total, progress) -> dict:
     return cov.coverage(gen[0], gen[1], ref[0], ref[1], n_generated=n_total)
 
 
-def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, out, progress) -> dict:
+def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, out, progress, emit) -> dict:
     from pymatgen.io.cif import CifWriter
 
     from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
@@ -192,6 +218,7 @@ def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, o
             if r.structure is not None:
                 row |= _distance_to_relaxed(matcher, s, r.structure)
                 cif.write(str(CifWriter(r.structure)).replace("data_", f"data_{row['id']}_", 1) + "\n")
+            emit(row)
     ok = [r for r in results if r.error is None]
     e_hulls = np.array([row["e_hull"] for row in rows], dtype=float)
     e_hulls = e_hulls[np.isfinite(e_hulls)]
@@ -209,7 +236,10 @@ def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, o
         "e_hull_median": float(np.median(e_hulls)) if len(e_hulls) else float("nan"),
         "metastable_rate": _rate(sum(row["metastable"] for row in rows), n_total),
         "stable_rate": _rate(sum(row["stable"] for row in rows), n_total),
-        "sun_rate": _rate(sum(row["sun"] for row in rows), n_total),
+        # Without a training set novelty is unknown, and so is S.U.N.
+        "sun_rate": _rate(sum(row["sun"] for row in rows), n_total)
+        if all(row["novel"] is not None for row in rows)
+        else float("nan"),
         "hull": hull.description,
         "hull_entries": hull.n_entries,
         **{k: v for k, v in hull_summary.items() if k != "hull_skipped_examples"},
@@ -222,15 +252,6 @@ def _distance_to_relaxed(matcher, structure: Structure, relaxed: Structure) -> d
     except Exception:  # the matcher can fail on degenerate cells: counted as unmatched
         rms = None
     return {"match_relaxed": rms is not None, "rmsd_relaxed": None if rms is None else float(rms[0])}
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["id"]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _plain(v) for k, v in row.items()})
 
 
 def _plots(out: Path, samples, valid, reference, e_hulls) -> None:
