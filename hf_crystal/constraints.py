@@ -49,6 +49,10 @@ MIN_ANGLE, MAX_ANGLE = 1, 179  # degrees; decode wants 0 < angle < 180
 FULL_TURN = 360
 COORD_PATTERN = "0.dd"  # one fractional coordinate, "d" a digit
 COORDS_PER_SITE = 3
+# Longest texts, in characters: "999.9 999.9 999.9\n179 179 179", then "\nXx\n0.00 0.00 0.00" per site.
+_HEAD_CHARS = 3 * (LENGTH_INT_DIGITS + 2) + 2 + 1 + 3 * len(str(MAX_ANGLE)) + 2
+_SITE_CHARS = 1 + 2 + 1 + COORDS_PER_SITE * len(COORD_PATTERN) + COORDS_PER_SITE - 1
+_SYMBOL_CHARS = 2
 
 _SYMBOL_INDEX = {s: i for i, s in enumerate(ELEMENT_SYMBOLS)}
 _PREFIXES = sorted({s[:k] for s in ELEMENT_SYMBOLS for k in range(len(s) + 1)})
@@ -123,6 +127,17 @@ class CrystalConstraint:
         total = int(sum(self.composition.values()))
         if total > self.max_sites:
             raise ConstraintError(f"composition has {total} atoms, more than max_sites={self.max_sites}")
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens that always suffice for a complete completion and its EOS (every token writes >= 1 character).
+
+        Pass it (the largest over a batch) to `generate`: a smaller budget can cut a crystal short.
+        """
+        if self.task == "infill":
+            return _SYMBOL_CHARS + 1
+        sites = self.max_sites if self.composition is None else int(sum(self.composition.values()))
+        return _HEAD_CHARS + _SITE_CHARS * sites + 1
 
 
 def _check_symbols(symbols, what: str):
@@ -200,7 +215,8 @@ class _Table:
     sites: np.ndarray  # sites started by the token
     element: np.ndarray  # index of the element the token completes, or _NONE
     prefix: np.ndarray  # index of the element prefix the token stops in, or _NONE
-    accept: int  # EOS may follow: _NONE if not; generation: 0; infill: index of the element written
+    accept: bool  # the text so far is complete: EOS may follow (subject to the row's counters)
+    written: int  # infill: index of the element written so far, or _NONE
 
 
 class _Automaton:
@@ -263,10 +279,9 @@ class _Automaton:
         rows.sort()
         columns = np.array(rows, dtype=np.int64).reshape(-1, 5).T
         if self.task == "generation":
-            accept = 0 if state == _ACCEPT else _NONE
-        else:
-            accept = _SYMBOL_INDEX.get(state[1], _NONE) if state[0] == _ELEMENT else _NONE
-        return _Table(*columns, accept=accept)
+            return _Table(*columns, accept=state == _ACCEPT, written=_NONE)
+        written = _SYMBOL_INDEX.get(state[1], _NONE)
+        return _Table(*columns, accept=written != _NONE, written=written)
 
 
 def _token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
@@ -327,10 +342,10 @@ class _Row:
 
     __slots__ = ("finished", "live", "remaining", "sites", "state")
 
-    def __init__(self, state: int, sites: int, remaining: np.ndarray, finished: bool = False):
+    def __init__(self, state: int, sites: int, remaining: np.ndarray, live=None, finished: bool = False):
         self.state, self.sites, self.remaining, self.finished = state, sites, remaining, finished
         # live[p]: some element with atoms left starts with prefix p; the last entry answers _NONE.
-        self.live = None if finished else np.append((remaining[:-1] > 0) @ _SUBTREE, True)
+        self.live = np.append((remaining[:-1] > 0) @ _SUBTREE, True) if live is None else live
 
 
 class _Rule:
@@ -365,10 +380,10 @@ class _Rule:
         return ids
 
     def _may_end(self, row: _Row, table: _Table) -> bool:
-        if table.accept == _NONE:
+        if not table.accept:
             return False
-        if self.automaton.task == "infill":
-            return row.remaining[table.accept] > 0
+        if table.written != _NONE:
+            return row.remaining[table.written] > 0
         return not self.exact or not row.remaining[:-1].any()
 
     def advance(self, row: _Row, token: int, eos: int) -> _Row:
@@ -376,7 +391,7 @@ class _Rule:
         if row.finished:
             return row
         if token == eos:
-            return _Row(row.state, row.sites, row.remaining, finished=True)
+            return _Row(row.state, row.sites, row.remaining, row.live, finished=True)
         table = self.automaton.table(row.state)
         pos = np.searchsorted(table.ids, token)
         if pos == len(table.ids) or table.ids[pos] != token:
@@ -384,11 +399,12 @@ class _Rule:
                 f"token {token} cannot follow the text written so far: it was not allowed by this processor "
                 "(another processor or a forced token overrode the mask?)"
             )
-        remaining = row.remaining
-        if table.element[pos] != _NONE:
-            remaining = remaining.copy()
-            remaining[table.element[pos]] -= 1
-        return _Row(int(table.next[pos]), row.sites + int(table.sites[pos]), remaining)
+        state, sites = int(table.next[pos]), row.sites + int(table.sites[pos])
+        if table.element[pos] == _NONE:
+            return _Row(state, sites, row.remaining, row.live)
+        remaining = row.remaining.copy()
+        remaining[table.element[pos]] -= 1
+        return _Row(state, sites, remaining)
 
 
 class CrystalLogitsProcessor(LogitsProcessor):
@@ -423,6 +439,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
             raise ConstraintError("constraints must be a CrystalConstraint or a non-empty sequence of them")
         self._rules = [_Rule(c, vocabulary) for c in constraints]
         self._eos = vocabulary.eos
+        self._vocab_size = len(tokenizer)
         self._prompt_length = prompt_length
         self._per_prompt = num_return_sequences
         self._rows: dict[tuple[int, bytes], _Row] = {}  # (rule, generated tokens) -> row, last step only
@@ -436,30 +453,29 @@ class CrystalLogitsProcessor(LogitsProcessor):
             )
         return row // self._per_prompt
 
-    def _row(self, rule: int, generated: np.ndarray) -> _Row:
+    def _row(self, rule: int, generated: np.ndarray) -> tuple[tuple, _Row]:
+        """Key and state of a row that has written `generated`: one step on from its parent, else replayed."""
         key = (rule, generated.tobytes())
         row = self._rows.get(key)
         if row is None:
-            parent = self._rows.get((rule, generated[:-1].tobytes())) if len(generated) else None
-            if parent is None:  # first step, or rows this processor has not followed: replay
-                row = self._rules[rule].start
-                for token in generated[:-1]:
-                    row = self._rules[rule].advance(row, int(token), self._eos)
-            else:
-                row = parent
-            if len(generated):
-                row = self._rules[rule].advance(row, int(generated[-1]), self._eos)
-        return row
+            parent = self._rows.get((rule, generated[:-1].tobytes()))
+            row = parent or self._rules[rule].start
+            for token in generated[-1:] if parent else generated:
+                row = self._rules[rule].advance(row, int(token), self._eos)
+        return key, row
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[-1] < self._vocab_size:
+            raise ConstraintError(
+                f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens"
+            )
         generated = input_ids[:, self._prompt_length :].cpu().numpy()
         batch = generated.shape[0]
-        rows, columns, current = [], [], {}
-        finished = []
+        rows, columns, finished, current = [], [], [], {}
         for r in range(batch):
             rule = self._rule_index(r, batch)
-            row = self._row(rule, generated[r])
-            current[(rule, generated[r].tobytes())] = row
+            key, row = self._row(rule, generated[r])
+            current[key] = row
             if row.finished:
                 finished.append(r)
                 continue

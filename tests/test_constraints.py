@@ -26,8 +26,6 @@ SAMPLES = 256  # sampled crystals per tokenizer in the main test
 BATCH = 64
 MAX_SITES = 4  # keeps sampling short; the bound itself is tested separately
 # Lengths line + angles line + MAX_SITES sites, one character per token at worst, plus slack.
-TOKENS_PER_SITE, HEAD_TOKENS = 20, 40
-MAX_NEW_TOKENS = HEAD_TOKENS + TOKENS_PER_SITE * MAX_SITES
 COORDS_LINE = re.compile(r"0\.\d\d 0\.\d\d 0\.\d\d")
 
 
@@ -110,19 +108,18 @@ def setup(request):
     return tokenizer, tiny_llama(tokenizer)
 
 
-def sample(
-    setup, constraints, prompts, *, per_prompt=1, constrained=True, max_new_tokens=MAX_NEW_TOKENS, **kwargs
-):
-    """Completions (text, and token ids up to and including EOS) for `prompts`, `per_prompt` each."""
+def sample(setup, constraints, prompts, *, per_prompt=1, constrained=True, **kwargs):
+    """Completions (texts, token ids) for `prompts`, `per_prompt` each; the token budget from the constraints."""
     tokenizer, model = setup
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     width = batch.input_ids.shape[1]
     processors = [CrystalLogitsProcessor(tokenizer, constraints, width, per_prompt)] if constrained else []
-    generation = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} | kwargs
+    budget = max(c.max_new_tokens for c in (constraints if isinstance(constraints, list) else [constraints]))
+    generation = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": budget}
+    generation |= kwargs
     with torch.no_grad():
         out = model.generate(
             **batch,
-            max_new_tokens=max_new_tokens,
             num_return_sequences=per_prompt,
             logits_processor=processors,
             pad_token_id=tokenizer.pad_token_id,
@@ -137,9 +134,8 @@ def sample_many(setup, constraint, n, prompt=None, **kwargs):
     texts = []
     for start in range(0, n, BATCH):
         torch.manual_seed(start)
-        texts += sample(setup, constraint, [prompt or generation_prompt()] * min(BATCH, n - start), **kwargs)[
-            0
-        ]
+        prompts = [prompt or generation_prompt()] * min(BATCH, n - start)
+        texts += sample(setup, constraint, prompts, **kwargs)[0]
     return texts
 
 
@@ -159,7 +155,8 @@ def test_sampled_crystals_always_decode(setup):
 def test_unconstrained_random_model_mostly_fails(setup):
     """The constraint does the work: the same model without it almost never writes a crystal."""
     torch.manual_seed(0)
-    texts, _ = sample(setup, None, [generation_prompt()] * BATCH, constrained=False)
+    constraint = CrystalConstraint(max_sites=MAX_SITES)
+    texts, _ = sample(setup, constraint, [generation_prompt()] * BATCH, constrained=False)
     assert sum(try_decode(t)[0] is not None for t in texts) <= BATCH // 10
 
 
@@ -173,9 +170,8 @@ def test_element_set(setup):
 @pytest.mark.parametrize("formula", ["Na4Cl4", "Na3N", "N2", "Li1Fe1P1O4"])
 def test_exact_composition(setup, formula):
     composition = {str(e): int(n) for e, n in Composition(formula).items()}
-    budget = HEAD_TOKENS + TOKENS_PER_SITE * sum(composition.values())
     constraint = CrystalConstraint(composition=composition)
-    texts = sample_many(setup, constraint, 32, generation_prompt({"formula": formula}), max_new_tokens=budget)
+    texts = sample_many(setup, constraint, 32, generation_prompt({"formula": formula}))
     assert {decode(t).composition for t in texts} == {Composition(formula)}
 
 
@@ -266,6 +262,19 @@ def test_greedy(setup):
     )
     assert len(set(texts)) == 1
     decode(texts[0])
+
+
+def test_beam_search(setup):
+    constraint = CrystalConstraint(composition={"Na": 2, "O": 1})
+    texts, _ = sample(setup, constraint, [generation_prompt()] * 2, num_beams=3, do_sample=False)
+    assert all(decode(t).composition == Composition("Na2O") for t in texts)
+
+
+def test_max_new_tokens_is_the_longest_text_plus_eos():
+    longest = "999.9 999.9 999.9\n179 179 179" + "\nNa\n0.99 0.99 0.99" * 3
+    assert CrystalConstraint(max_sites=3).max_new_tokens == len(longest) + 1
+    assert CrystalConstraint(composition={"Na": 2, "O": 1}).max_new_tokens == len(longest) + 1
+    assert CrystalConstraint(task="infill").max_new_tokens == len("Na") + 1
 
 
 def test_rows_after_eos_are_left_alone():
