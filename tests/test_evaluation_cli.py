@@ -84,3 +84,26 @@ def test_missing_reference_is_a_clear_error(files, tmp_path, capsys):
     )
     assert code == 2
     assert "reference not found" in capsys.readouterr().err
+
+
+def test_evaluate_api_with_user_entries(tmp_path):
+    import torch
+    from chgnet.model import CHGNet
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from hf_crystal.evaluation.relax import BatchedRelaxer
+    from hf_crystal.evaluation.report import evaluate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        relaxer = BatchedRelaxer(CHGNet.load(verbose=False, use_device="cpu"), max_steps=2)
+        entries = [ComputedEntry("Na", -1.3), ComputedEntry("Cl2", -3.6)]  # hull: -1.55 eV/atom at NaCl
+        metrics = evaluate([_nacl()], [_nacl()], out_dir=tmp_path, hull_entries=entries, relaxer=relaxer)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["hull"] == "user-supplied entries (2)" and metrics["hull_entries"] == 2
+    assert metrics["sun_rate"] is None and metrics["novel_rate"] is None  # no training set: unknown
+    (row,) = csv.DictReader(open(tmp_path / "samples.csv"))
+    assert float(row["e_hull"]) == pytest.approx(float(row["corrected_energy_per_atom"]) + 1.55, abs=1e-9)
+    assert metrics["metastable_rate"] == float(float(row["e_hull"]) < 0.1)

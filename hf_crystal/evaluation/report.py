@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
+from pymatgen.entries.computed_entries import ComputedEntry
 from tqdm.auto import tqdm
 
 from hf_crystal.evaluation import coverage as cov
@@ -72,7 +73,7 @@ def evaluate(
     out_dir: str | Path,
     sample_ids: Sequence[str] | None = None,
     n_unreadable: int = 0,
-    hull_entries: str | Path | None = None,
+    hull_entries: str | Path | Sequence[ComputedEntry] | None = None,
     hull_structures: Sequence[Structure] | None = None,
     relaxer=None,
     relax: bool = True,
@@ -81,7 +82,7 @@ def evaluate(
     """Evaluate ``samples`` against ``reference`` (coverage, distributions) and ``train`` (novelty).
 
     Args:
-        hull_entries: a pymatgen entries JSON file for the hull; None builds the self-consistent hull
+        hull_entries: pymatgen entries (or a JSON file of them) for the hull; None builds the self-consistent hull
             from ``hull_structures`` (default: ``reference``) and ASE elemental references.
         relaxer: a ``BatchedRelaxer`` (default: CHGNet with its default settings and the user cache).
         relax: False skips relaxation and stability (fast structural metrics only).
@@ -187,8 +188,11 @@ def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, o
     )
 
     relaxer = relaxer or BatchedRelaxer(cache_dir=default_cache_dir() / "relax")
-    if hull_entries is not None:
+    if isinstance(hull_entries, str | Path):
         hull = HullReference(load_entries(hull_entries), f"user-supplied entries: {Path(hull_entries).name}")
+        hull_summary = {}
+    elif hull_entries is not None:
+        hull = HullReference(hull_entries, f"user-supplied entries ({len(hull_entries)})")
         hull_summary = {}
     else:
         sample_elements = {el.symbol for s in samples for el in s.composition.elements}
