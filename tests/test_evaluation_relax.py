@@ -58,13 +58,15 @@ def test_batched_energies_match_sequential_struct_optimizer(model):
 def test_failures_are_reported_not_raised(model):
     isolated = Structure(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])  # no neighbour within CHGNet's cutoff
     disordered = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    collapsed = Structure(Lattice.cubic(1.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     good = _rattled()[0]
     results = BatchedRelaxer(model, fmax=FMAX, max_steps=3, batch_size=3).relax(
-        [isolated, disordered, good], progress=False
+        [isolated, disordered, good, collapsed], progress=False
     )
     assert "graph" in results[0].error and results[0].structure is None and np.isnan(results[0].energy)
     assert "disordered" in results[1].error
     assert results[2].error is None and np.isfinite(results[2].energy)
+    assert "too dense" in results[3].error
 
 
 def test_cache_makes_a_rerun_resume(model, tmp_path):

@@ -34,6 +34,9 @@ DEFAULT_OPTIMIZER = "FIRE"
 DEFAULT_BATCH_SIZE = 16
 # A cell whose volume changes by more than this factor during relaxation is reported as blown up.
 MAX_VOLUME_RATIO = 8.0
+# Below this volume per atom (real solids have > 4 Å^3) a structure is not relaxed: CHGNet's neighbour
+# lists grow as 1 / volume and a collapsed generated cell would exhaust memory.
+MIN_VOLUME_PER_ATOM = 1.0
 # ASE optimizers that only evaluate at the current positions inside step() (no line search), so their
 # force calls can be served from the batched prediction.
 _OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "MDMin")
@@ -267,6 +270,8 @@ class BatchedRelaxer:
     def _start(self, index: int, structure: Structure) -> tuple[_Slot | None, str | None]:
         if not structure.is_ordered:
             return None, "disordered structure (partial occupancies) cannot be relaxed"
+        if not structure.volume / len(structure) >= MIN_VOLUME_PER_ATOM:
+            return None, f"cell too dense to relax ({structure.volume / len(structure):.3g} Å^3/atom)"
         try:
             return _Slot(
                 index, structure, getattr(optimize, self.optimizer), self.relax_cell, self.fmax
@@ -342,7 +347,10 @@ class BatchedRelaxer:
             )
         slot.steps += 1
         ratio = slot.atoms.get_volume() / slot.initial_volume
-        if not (1 / MAX_VOLUME_RATIO < ratio < MAX_VOLUME_RATIO):
+        if (
+            not (1 / MAX_VOLUME_RATIO < ratio < MAX_VOLUME_RATIO)
+            or slot.atoms.get_volume() < MIN_VOLUME_PER_ATOM * n
+        ):
             return _failure(
                 slot.structure(), f"cell blew up (volume x{ratio:.3g})", slot.steps, slot.initial_energy
             )
