@@ -159,8 +159,7 @@ class TrainingConfig:
             "seed",
         )
         values = {k: getattr(self, k) for k in keys}
-        if values["max_steps"] <= 0:
-            del values["max_steps"]
+        del values["max_steps" if self.max_steps <= 0 else "epochs"]  # max_steps overrides epochs
         return values
 
 
