@@ -37,6 +37,10 @@ METRICS = {
     "valid": "fraction structurally and compositionally valid",
     "cov_recall": "COV-R: fraction of reference structures with a sample within both fingerprint cutoffs",
     "cov_precision": "COV-P: fraction of samples with a reference structure within both fingerprint cutoffs",
+    "amsd_recall": "mean structure-fingerprint distance from each reference to its nearest sample",
+    "amsd_precision": "mean structure-fingerprint distance from each sample to its nearest reference",
+    "amcd_recall": "mean composition-fingerprint distance from each reference to its nearest sample",
+    "amcd_precision": "mean composition-fingerprint distance from each sample to its nearest reference",
     "wdist_density": "Wasserstein distance of density (g/cm^3), valid samples vs reference",
     "wdist_nary": "Wasserstein distance of the number of elements, valid samples vs reference",
     "unique_rate": "fraction of readable samples that match no earlier sample (StructureMatcher, FlowMM tol.)",
@@ -54,6 +58,7 @@ METRICS = {
     "sun_rate": "fraction stable, unique and novel (S.U.N.)",
     "hull": "which convex hull the stability numbers refer to",
     "hull_entries": "number of entries in the hull",
+    "hull_skipped": "self-consistent hull: structures left out (relaxation failed or MP2020 rejected them)",
 }
 
 
