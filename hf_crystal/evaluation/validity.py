@@ -63,14 +63,17 @@ def composition_validity(composition: Composition | Structure) -> bool:
     if any(abs(v - round(v)) > 1e-6 for v in counts.values()):
         # Partial occupancies have no integer stoichiometry to balance.
         return False
-    return bool(
-        smact_validity(
-            composition,
-            use_pauling_test=True,
-            include_alloys=True,
-            oxidation_states_set=SMACT_OXIDATION_STATES,
+    try:
+        return bool(
+            smact_validity(
+                composition,
+                use_pauling_test=True,
+                include_alloys=True,
+                oxidation_states_set=SMACT_OXIDATION_STATES,
+            )
         )
-    )
+    except KeyError:  # SMACT has no data for some superheavy elements (e.g. Ts): no charge balance to find
+        return False
 
 
 def validity_flags(structure: Structure) -> dict[str, bool]:

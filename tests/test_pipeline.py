@@ -1,0 +1,217 @@
+"""pipeline("crystal-generation") on tiny random models: outputs, constraints, batching, infill, adapters, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+from ase.io import read as ase_read
+from factories import rocksalt, sodium_nitride
+from peft import LoraConfig, PeftModel, get_peft_model
+from pymatgen.core import Composition
+from training_helpers import tiny_llama
+from transformers import AutoModelForCausalLM, pipeline
+
+import hf_crystal  # noqa: F401  (registers the task)
+from hf_crystal.cli import main
+from hf_crystal.data import read_structures
+from hf_crystal.hub import load_crystal_model, push_folder
+from hf_crystal.prompts import format_formula, generation_prompt
+from hf_crystal.text import ELEMENT_SYMBOLS, decode
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    return pipeline("crystal-generation", model=str(tiny_model))
+
+
+def test_unconstrained_garbage_comes_back_with_errors(pipe):
+    samples = pipe(6, constrain=False, max_new_tokens=30, seed=0, batch_size=3)
+    assert len(samples) == 6
+    for sample in samples:
+        assert set(sample) >= {"text", "structure", "cif", "valid", "error", "conditions"}
+        assert sample["structure"] is None and sample["cif"] is None and sample["valid"] is False
+        assert isinstance(sample["error"], str) and sample["error"]
+    assert pipe.last_run == {"requested": 6, "generated": 6, "parsed": 0, "valid": 0}
+
+
+def test_constrained_samples_all_decode(pipe):
+    samples = pipe(120, max_sites=4, seed=1, batch_size=60)
+    assert all(s["error"] is None and s["structure"] is not None for s in samples)
+    for sample in samples:
+        assert decode(sample["text"]) == sample["structure"]
+        assert 1 <= len(sample["structure"]) <= 4
+        assert sample["cif"].startswith("# generated using pymatgen")
+
+
+def test_formula_fixes_the_composition(pipe):
+    for formula in ("Na4Cl4", "Na3N"):
+        samples = pipe({"formula": formula}, num_return_sequences=10, seed=2, batch_size=10)
+        assert {s["structure"].composition for s in samples} == {Composition(formula)}
+        assert all(s["conditions"] == {"formula": format_formula(formula)} for s in samples)
+
+
+def test_element_set_is_respected(pipe):
+    samples = pipe(16, elements=["Li", "O"], max_sites=4, seed=3, batch_size=16)
+    assert {el.symbol for s in samples for el in s["structure"].composition} <= {"Li", "O"}
+
+
+def test_prompts_are_built_as_in_training(pipe, monkeypatch):
+    seen = []
+    generate = pipe.model.generate
+
+    def spy(input_ids, attention_mask, **kwargs):
+        seen.extend(
+            pipe.tokenizer.decode(ids[mask.bool()])
+            for ids, mask in zip(input_ids, attention_mask, strict=True)
+        )
+        return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(pipe.model, "generate", spy)
+    conditions = [{"formula": "NaCl", "band_gap": 1.23456}, {"spacegroup": 225, "e_above_hull": 0.0}, {}]
+    out = pipe(conditions, num_return_sequences=2, max_new_tokens=5, constrain=False, batch_size=3)
+    assert [len(group) for group in out] == [2, 2, 2]
+    assert sorted(seen) == sorted(generation_prompt(c) for c in conditions for _ in range(2))
+
+
+@pytest.mark.parametrize("constrain", [True, False])
+def test_batch_size_does_not_change_greedy_output(pipe, constrain):
+    conditions = [{"formula": "NaCl"}, {"spacegroup": 12}, {}, {"formula": "Li2O"}, {"band_gap": 2.0}]
+    kwargs = {"temperature": 0, "max_new_tokens": 60, "constrain": constrain}
+    one = pipe(conditions, batch_size=1, **kwargs)
+    five = pipe(conditions, batch_size=5, **kwargs)
+    assert [g[0]["text"] for g in one] == [g[0]["text"] for g in five]
+
+
+def test_seed_makes_sampling_reproducible(pipe):
+    a = [s["text"] for s in pipe(4, seed=5, max_sites=3, batch_size=4)]
+    b = [s["text"] for s in pipe(4, seed=5, max_sites=3, batch_size=4)]
+    assert a == b and len(set(a)) > 1
+
+
+def test_until_valid_resamples_and_reports(pipe):
+    samples = pipe(3, constrain=False, max_new_tokens=10, until_valid=True, max_attempts=3, batch_size=3)
+    assert all(s["attempts"] == 3 and not s["valid"] for s in samples)
+    assert pipe.last_run["generated"] == 9 and pipe.last_run["valid"] == 0
+
+
+def test_infill_gives_element_probabilities(pipe):
+    answer = pipe(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
+    probabilities = [c["probability"] for c in answer["candidates"]]
+    assert answer["masked_element"] == "N"
+    assert {c["element"] for c in answer["candidates"]} == set(ELEMENT_SYMBOLS)
+    assert abs(sum(probabilities) - 1) < 1e-4 and probabilities == sorted(probabilities, reverse=True)
+    top = pipe(rocksalt().to(fmt="cif"), mask_element="Na", num_candidates=3, return_structures=True)
+    assert len(top["candidates"]) == 3
+    for candidate in top["candidates"]:
+        assert candidate["structure"].composition == Composition({candidate["element"]: 4, "Cl": 4}) or (
+            candidate["element"] == "Cl" and candidate["structure"].composition == Composition("Cl8")
+        )
+
+
+def test_bad_inputs_raise_typed_errors(pipe):
+    with pytest.raises(ValueError, match="mask_element"):
+        pipe(rocksalt())
+    with pytest.raises(ValueError, match="unknown conditions"):
+        pipe({"colour": "red"})
+    with pytest.raises(TypeError, match="crystal-generation takes"):
+        pipe(3.5)
+    with pytest.raises(ValueError, match="positive"):
+        pipe(0)
+
+
+def _adapter(base_dir, out_dir, seed: int):
+    """A LoRA adapter with random non-zero weights on `base_dir`, saved to `out_dir`."""
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def test_adapter_folder_loads_like_the_merged_model(tiny_model, tmp_path):
+    adapter = _adapter(tiny_model, tmp_path / "adapter", seed=0)
+    via_transformers = pipeline("crystal-generation", model=str(adapter))
+    model, tokenizer = load_crystal_model(adapter)
+    assert isinstance(model, PeftModel)
+    via_peft = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
+    merged = model.merge_and_unload()
+    via_merged = pipeline("crystal-generation", model=merged, tokenizer=tokenizer)
+    kwargs = {"temperature": 0, "max_new_tokens": 40, "constrain": False}
+    texts = [[s["text"] for s in p(2, **kwargs)] for p in (via_transformers, via_peft, via_merged)]
+    assert texts[0] == texts[1] == texts[2]
+    base_text = pipeline("crystal-generation", model=str(tiny_model))(2, **kwargs)
+    assert [s["text"] for s in base_text] != texts[0]  # the adapter does change the model
+
+
+def test_adapter_from_hub_with_pinned_revision(tiny_model, tmp_path, hub_server):
+    base_id, adapter_id = hub_server.repo_id("base"), hub_server.repo_id("adapter")
+    push_folder(tiny_model, base_id)
+    first = _adapter(tiny_model, tmp_path / "v1", seed=1)
+    second = _adapter(tiny_model, tmp_path / "v2", seed=2)
+    for folder in (first, second):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(
+            json.dumps({**config, "base_model_name_or_path": base_id})
+        )
+    old = push_folder(first, adapter_id).split("/")[-1]
+    push_folder(second, adapter_id)
+    kwargs = {"temperature": 0, "max_new_tokens": 40, "constrain": False}
+
+    def texts(model, tokenizer=None):
+        return [
+            s["text"] for s in pipeline("crystal-generation", model=model, tokenizer=tokenizer)(2, **kwargs)
+        ]
+
+    latest = texts(adapter_id)  # transformers resolves the base from adapter_config
+    pinned = texts(*load_crystal_model(adapter_id, revision=old))
+    assert pinned == texts(*load_crystal_model(first)) and latest == texts(*load_crystal_model(second))
+    assert pinned != latest
+
+
+@pytest.mark.parametrize("suffix", [".cif", ".extxyz", ".csv", ".jsonl"])
+def test_generate_cli_writes_every_format_and_resumes(tiny_model, tmp_path, capsys, suffix):
+    out = tmp_path / f"samples{suffix}"
+    argv = ["generate", "--model", str(tiny_model), "--formula", "NaCl", "--batch-size", "4", "--seed", "0"]
+    assert main([*argv, "--num", "6", "--out", str(out)]) == 0
+    assert "generated 6, parsed 6, valid" in capsys.readouterr().out
+    assert main([*argv, "--num", "6", "--out", str(out)]) == 2  # refuses to overwrite
+    assert main([*argv, "--num", "10", "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "generated 4, parsed 4" in printed and "resumed at sample 6" in printed
+    ids, structures, skipped = read_structures(out)
+    assert len(structures) == 10 and not skipped
+    assert all(s.composition.reduced_formula == "NaCl" for s in structures)
+    if suffix == ".csv":
+        frame = pd.read_csv(out)
+        assert list(frame["material_id"]) == [f"sample-{i:06d}" for i in range(10)]
+        assert json.loads(frame["conditions"][0]) == {"formula": "Na1Cl1"}
+    if suffix == ".extxyz":
+        assert [a.info["material_id"] for a in ase_read(out, index=":")][-1] == "sample-000009"
+
+
+def test_generate_cli_user_mistakes(tiny_model, tmp_path, capsys):
+    assert main(["generate", "--model", str(tiny_model), "--out", str(tmp_path / "x.pdb")]) == 2
+    assert "cannot write samples" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.cif")]) == 2
+
+
+def test_counts_of_the_summary_line(tiny_model, tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    assert main(["generate", "--model", str(tiny_model), "--no-constrain", "--max-new-tokens", "8",
+                 "--num", "3", "--out", str(out)]) == 0  # fmt: skip
+    assert "generated 3, parsed 0, valid 0; wrote 3" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert Counter(r["valid"] for r in rows) == {False: 3} and all(r["error"] for r in rows)
