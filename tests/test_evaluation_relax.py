@@ -97,3 +97,29 @@ def test_bad_settings_raise(model):
         BatchedRelaxer(model, optimizer="BFGSLineSearch")
     with pytest.raises(RelaxationError):
         BatchedRelaxer(model, fmax=0)
+
+
+def test_fast_frechet_filter_equals_ase():
+    """Same positions, forces and FIRE trajectory as ASE's FrechetCellFilter (EMT copper, sheared cell)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from hf_crystal.evaluation.relax import FastFrechetCellFilter
+
+    rng = np.random.default_rng(0)
+    atoms = bulk("Cu", "fcc", a=3.7) * (2, 1, 1)
+    atoms.set_cell(atoms.cell @ (np.eye(3) + 0.05 * rng.normal(size=(3, 3))), scale_atoms=True)
+    atoms.rattle(0.05, seed=1)
+    copy = atoms.copy()
+    atoms.calc, copy.calc = EMT(), EMT()
+    reference, fast = FrechetCellFilter(atoms), FastFrechetCellFilter(copy)
+    ref_opt, fast_opt = FIRE(reference, logfile=None), FIRE(fast, logfile=None)
+    for _ in range(10):
+        np.testing.assert_allclose(fast.get_positions(), reference.get_positions(), atol=1e-10)
+        np.testing.assert_allclose(fast.get_forces(), reference.get_forces(), atol=1e-10)
+        ref_opt.step()
+        fast_opt.step()
+    assert copy.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(fast.stress, reference.stress, atol=1e-12)

@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms, optimize, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import FrechetCellFilter
-from ase.stress import full_3x3_to_voigt_6_stress
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 from pymatgen.core import Lattice, Structure
 from tqdm.auto import tqdm
 
@@ -127,23 +127,65 @@ class RelaxCache:
         tmp.replace(path)
 
 
-class _CachedFrechetCellFilter(FrechetCellFilter):
-    """ASE's FrechetCellFilter with its generalized forces memoised until the positions change.
+class FastFrechetCellFilter(FrechetCellFilter):
+    """ASE's ``FrechetCellFilter`` (default options) with the same positions and forces, computed faster.
 
-    The filter's forces cost a matrix log and nine ``expm_frechet`` calls; the convergence check and the
-    optimizer step both ask for them at the same positions.
+    ASE recomputes ``logm`` of the deformation gradient on every position and force request and takes nine
+    separate ``expm_frechet`` calls per force evaluation: for small cells that costs more than the batched
+    CHGNet call. Here the log is remembered from ``set_positions`` (the cell degrees of freedom are
+    ``log(n F) * exp_cell_factor``, n the number of atoms), the nine Fréchet derivatives come from one
+    stacked block-matrix exponential (``expm([[L, E], [0, L]])`` holds the derivative of ``expm`` at L in
+    direction E in its upper-right block; Higham, Functions of Matrices, 2008, eq. 3.16), and the forces are
+    memoised until the positions change (the convergence check and the optimizer step share them).
     """
 
     _forces = None
+    _cell_dofs = None
 
-    def get_forces(self, **kwargs):
-        if self._forces is None:
-            self._forces = super().get_forces(**kwargs)
-        return self._forces.copy()
+    def _log_deform(self) -> np.ndarray:
+        if self._cell_dofs is None:
+            self._cell_dofs = self.logm(len(self.atoms) * self.deform_grad()) * self.exp_cell_factor
+        return self._cell_dofs / self.exp_cell_factor - np.log(len(self.atoms)) * np.eye(3)
+
+    def get_positions(self):
+        n = len(self.atoms)
+        pos = np.empty((n + 3, 3))
+        pos[:n] = np.linalg.solve(self.deform_grad(), self.atoms.get_positions().T).T
+        self._log_deform()
+        pos[n:] = self._cell_dofs
+        return pos
 
     def set_positions(self, new, **kwargs):
         self._forces = None
         super().set_positions(new, **kwargs)
+        self._cell_dofs = np.array(new[len(self.atoms) :], dtype=float)
+
+    def get_forces(self, **kwargs):
+        if self._forces is None:
+            self._forces = self._frechet_forces(**kwargs)
+        return self._forces.copy()
+
+    def _frechet_forces(self, **kwargs) -> np.ndarray:
+        from scipy.linalg import expm
+
+        stress = self.atoms.get_stress(**kwargs)
+        atom_forces = self.atoms.get_forces(**kwargs)
+        volume = self.atoms.cell.volume
+        virial = -volume * voigt_6_to_full_3x3_stress(stress)
+        deform = self.deform_grad()
+        log_deform = self._log_deform()
+        cell_grad = virial @ np.linalg.inv(deform.T)
+        blocks = np.zeros((9, 6, 6))
+        blocks[:, :3, :3] = log_deform
+        blocks[:, 3:, 3:] = log_deform
+        blocks[np.arange(9), np.arange(9) // 3, 3 + np.arange(9) % 3] = 1.0
+        derivatives = expm(blocks)[:, :3, 3:]
+        n = len(self.atoms)
+        forces = np.empty((n + 3, 3))
+        forces[:n] = atom_forces @ deform
+        forces[n:] = np.einsum("kij,ij->k", derivatives, cell_grad).reshape(3, 3) / self.exp_cell_factor
+        self.stress = full_3x3_to_voigt_6_stress(-virial / volume)
+        return forces
 
 
 class _Slot:
@@ -157,7 +199,7 @@ class _Slot:
             cell=structure.lattice.matrix,
             pbc=True,
         )
-        target = _CachedFrechetCellFilter(self.atoms) if relax_cell else self.atoms
+        target = FastFrechetCellFilter(self.atoms) if relax_cell else self.atoms
         self.optimizer = optimizer_cls(target, logfile=None)
         self.optimizer.fmax = fmax
         self.steps = 0
