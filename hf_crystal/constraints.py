@@ -11,12 +11,13 @@ What is enforced, character by character, on the completion exactly as `hf_cryst
   with a composition, element lines only for elements with atoms left and EOS only when none is left;
 - infill: one element symbol, then EOS.
 
-Why hand-written (benchmarks/bench_constraints.py compares): lm-format-enforcer 0.11 and transformers-cfg 0.2
-fail with transformers 5 tokenizers, llguidance 1.9 rejects our tokenizer's decoder and was 2 orders of
-magnitude slower per step on the BPE one; xgrammar and outlines-core enforce the regular part correctly and
-fast, but neither expresses an exact composition in any order (not a compact regular language) nor the
-angle triples, and a per-row counter mask on top of them would have to re-walk every multi-character token
-(" 0.", "\\nNa\\n") anyway. One automaton does it all.
+Why hand-written (benchmarks/bench_constraints.py measures it): lm-format-enforcer 0.11 does not import with
+transformers 5, transformers-cfg 0.2 rejects transformers 5 tokenizers, llguidance 1.9 rejects our tokenizer's
+decoder. xgrammar, outlines-core (and llguidance on BPE) enforce the regular part correctly at a cost per step
+similar to this module's, but a regex cannot say which angle triples close a cell (only 28-56% of their
+random-model samples decode, 100% here) nor an exact composition in any order (not a compact regular
+language); a per-row counter mask on top of them would have to walk every multi-character token (" 0.",
+"\nNa\n") through the format anyway. One automaton does it all.
 
 How: a character automaton whose states are built lazily. For each state reached, the vocabulary (a trie of
 every token's decoded text) is walked once and the result kept as arrays: the tokens allowed from that
@@ -40,7 +41,7 @@ from hf_crystal.text import ELEMENT_SYMBOLS
 
 __all__ = ["DEFAULT_MAX_SITES", "TASKS", "ConstraintError", "CrystalConstraint", "CrystalLogitsProcessor"]
 
-#: Default bound on the number of sites: 3x the largest MP-20 cell (20 atoms), room for perov_5/carbon_24.
+#: Default bound on the number of sites: well above the largest cells of MP-20 (20 atoms) and carbon_24 (24).
 DEFAULT_MAX_SITES = 64
 TASKS = ("generation", "infill")
 
@@ -50,9 +51,10 @@ FULL_TURN = 360
 COORD_PATTERN = "0.dd"  # one fractional coordinate, "d" a digit
 COORDS_PER_SITE = 3
 # Longest texts, in characters: "999.9 999.9 999.9\n179 179 179", then "\nXx\n0.00 0.00 0.00" per site.
-_HEAD_CHARS = 3 * (LENGTH_INT_DIGITS + 2) + 2 + 1 + 3 * len(str(MAX_ANGLE)) + 2
-_SITE_CHARS = 1 + 2 + 1 + COORDS_PER_SITE * len(COORD_PATTERN) + COORDS_PER_SITE - 1
-_SYMBOL_CHARS = 2
+_LONGEST_LENGTH = "9" * LENGTH_INT_DIGITS + ".9"
+_HEAD_CHARS = len(" ".join([_LONGEST_LENGTH] * 3) + "\n" + " ".join([str(MAX_ANGLE)] * 3))
+_SYMBOL_CHARS = max(map(len, ELEMENT_SYMBOLS))
+_SITE_CHARS = len("\n" + "X" * _SYMBOL_CHARS + "\n" + " ".join([COORD_PATTERN] * COORDS_PER_SITE))
 
 _SYMBOL_INDEX = {s: i for i, s in enumerate(ELEMENT_SYMBOLS)}
 _PREFIXES = sorted({s[:k] for s in ELEMENT_SYMBOLS for k in range(len(s) + 1)})
