@@ -227,6 +227,21 @@ def test_allowed_tokens_at_key_points():
     assert _allowed_next(tokenizer, CrystalConstraint(), angles + "49") == {"\n"}
 
 
+def test_merged_bpe_tokens_obey_the_counters():
+    """A token that writes a whole element line ("\\nCl\\n") is allowed only while that element has atoms left."""
+    tokenizer = llama_style_tokenizer()
+    prompt = tokenizer(generation_prompt(), add_special_tokens=False).input_ids
+    text = "4.2 4.2 4.2\n90 90 90\nNa\n0.00 0.00 0.00"
+    completion = tokenizer.convert_tokens_to_ids(["▁" if c == " " else c for c in text])
+    processor = CrystalLogitsProcessor(
+        tokenizer, CrystalConstraint(composition={"Na": 1, "Cl": 1}), len(prompt)
+    )
+    scores = processor(torch.tensor([prompt + completion]), torch.zeros(1, len(tokenizer)))
+    allowed = set(tokenizer.convert_ids_to_tokens(torch.isfinite(scores[0]).nonzero().flatten().tolist()))
+    assert {"\n", "<0x0A>", "\nC", "\nCl", "\nCl\n"} <= allowed
+    assert all("\nCl\n".startswith(t.replace("<0x0A>", "\n")) for t in allowed), allowed  # no "\nNa\n", "\nN"
+
+
 def test_angle_range_matches_decode():
     rng = np.random.default_rng(0)
     for alpha, beta in rng.integers(1, 180, (300, 2)):
