@@ -71,10 +71,14 @@ def main() -> None:
 
     import torch
     from chgnet.model import CHGNet, StructOptimizer
+    from threadpoolctl import threadpool_limits
 
     from hf_crystal.evaluation.relax import BatchedRelaxer
 
     torch.set_num_threads(args.threads)
+    # One BLAS thread for both contenders: the optimizers' 3x3 linear algebra gains nothing from threads
+    # and loses a lot to thread hand-offs on a busy machine (BatchedRelaxer does this itself).
+    threadpool_limits(limits=1, user_api="blas")
 
     structures, source = load_structures(args.data, args.n, args.rattle, args.seed)
     n_atoms = np.array([len(s) for s in structures])

@@ -25,6 +25,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import FrechetCellFilter
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 from pymatgen.core import Lattice, Structure
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 # CHGNet's StructOptimizer.relax defaults (Deng et al. 2023): fmax in eV/Å, FIRE, 500 steps.
@@ -289,6 +290,14 @@ class BatchedRelaxer:
                 self.cache.put(keys[i], result)
             bar.update(1)
 
+        # The optimizer's linear algebra is on 3x3 / 6x6 matrices: a multi-threaded BLAS only adds
+        # thread hand-offs (tens of ms per call on a busy machine). CHGNet (torch, OpenMP) is unaffected.
+        with threadpool_limits(limits=1, user_api="blas"):
+            self._run(structures, pending, finish)
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _run(self, structures: Sequence[Structure], pending: deque[int], finish) -> None:
         active: list[_Slot] = []
         while pending or active:
             while pending and len(active) < self.batch_size:
@@ -306,8 +315,6 @@ class BatchedRelaxer:
                 else:
                     finish(slot.index, done)
             active = still_active
-        bar.close()
-        return results  # type: ignore[return-value]
 
     def _start(self, index: int, structure: Structure) -> tuple[_Slot | None, str | None]:
         if not structure.is_ordered:
