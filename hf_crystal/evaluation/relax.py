@@ -1,8 +1,9 @@
 """Batched structure relaxation with CHGNet: one batched forward pass per optimizer step.
 
-Each structure keeps its own ASE optimizer (FIRE by default) acting on ASE's ``FrechetCellFilter``, the
-same setup as CHGNet's ``StructOptimizer``; what changes is that the energies, forces and stresses of all
-active structures come from a single batched CHGNet call per step. Every structure converges (or runs out
+Each structure keeps its own ASE optimizer (FIRE by default) acting on ASE's ``FrechetCellFilter`` (through
+``FastFrechetCellFilter``, numerically the same), the setup of CHGNet's ``StructOptimizer``; what changes
+is that the energies, forces and stresses of all active structures come from a single batched CHGNet call
+per step. Every structure converges (or runs out
 of steps) on its own, and its slot is refilled from the queue. A structure that fails (graph construction,
 non-finite output, exploding cell) is reported with an ``error`` and never stops the run. Results are
 cached on disk keyed by a hash of the structure and the settings, so an interrupted run resumes.
