@@ -257,27 +257,24 @@ class _Automaton:
     def _build(self, state: tuple) -> _Table:
         """Walk the vocabulary trie from `state`: every token whose whole text the automaton accepts."""
         rows = []
-        stack = [(self._trie, state, 0, _NONE, True)]
+        stack = [(self._trie, state, 0, _NONE)]  # the trie root holds no token: no token is empty
         while stack:
-            node, current, sites, element, root = stack.pop()
-            if not root:
-                # A token that completes an element and stops inside the next one would need the counters
-                # updated mid-token; such tokens are left out (single characters always remain).
-                stops_in = _PREFIX_INDEX[current[1]] if current[0] == _ELEMENT else _NONE
-                if not (element != _NONE and stops_in != _NONE):
-                    rows.extend(
-                        (t, self.state_id(current), sites, element, stops_in) for t in node.get(None, ())
-                    )
+            node, current, sites, element = stack.pop()
+            # A token that completes an element and stops inside the next one would need the counters
+            # updated mid-token; such tokens are left out (single characters always remain).
+            stops_in = _PREFIX_INDEX[current[1]] if current[0] == _ELEMENT else _NONE
+            if not (element != _NONE and stops_in != _NONE):
+                rows.extend((t, self.state_id(current), sites, element, stops_in) for t in node.get(None, ()))
             for ch, (nxt, event) in self._moves(current).items():
                 child = node.get(ch)
                 if child is None:
                     continue
                 if event == _SITE:
-                    stack.append((child, nxt, sites + 1, element, False))
+                    stack.append((child, nxt, sites + 1, element))
                 elif event is None:
-                    stack.append((child, nxt, sites, element, False))
+                    stack.append((child, nxt, sites, element))
                 elif element == _NONE:  # at most one element completed per token
-                    stack.append((child, nxt, sites, _SYMBOL_INDEX[event], False))
+                    stack.append((child, nxt, sites, _SYMBOL_INDEX[event]))
         rows.sort()
         columns = np.array(rows, dtype=np.int64).reshape(-1, 5).T
         if self.task == "generation":
@@ -469,7 +466,8 @@ class CrystalLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] < self._vocab_size:
             raise ConstraintError(
-                f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens"
+                f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens: "
+                "resize the model's embeddings (model.resize_token_embeddings(len(tokenizer)))"
             )
         generated = input_ids[:, self._prompt_length :].cpu().numpy()
         batch = generated.shape[0]

@@ -323,6 +323,8 @@ def test_typed_errors():
     processor = CrystalLogitsProcessor(tokenizer, [CrystalConstraint()] * 2, prompt_length=0)
     with pytest.raises(ConstraintError, match="batch of 3 rows, but 2 constraints x 1"):
         processor(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, len(tokenizer)))
+    with pytest.raises(ConstraintError, match="resize the model's embeddings"):
+        processor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, len(tokenizer) - 1))
 
 
 def _word_level_tokenizer(vocab, **special):
