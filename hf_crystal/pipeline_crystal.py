@@ -49,7 +49,8 @@ class CrystalGenerationPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _pipeline_calls_generate = True
-    # 1024 new tokens hold about 60 sites with a one-character-per-digit tokenizer.
+    # Unconstrained budget: 1024 new tokens hold about 55 sites with a one-character-per-digit tokenizer;
+    # constrained generation takes the constraint's own budget unless max_new_tokens is given.
     _default_generation_config = GenerationConfig(
         do_sample=True, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_new_tokens=1024
     )
@@ -205,6 +206,13 @@ class CrystalGenerationPipeline(Pipeline):
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
         if jobs[0]["task"] == "infill":
             return {"log_probs": self._element_log_probs(input_ids, attention_mask), "job": jobs}
+        if (
+            constrain
+            and "max_new_tokens" not in generate_kwargs
+            and "max_new_tokens" not in self._generate_kwargs
+        ):
+            # A budget that always fits a complete constrained crystal, instead of the generic default.
+            generate_kwargs["max_new_tokens"] = max(job["constraint"].max_new_tokens for job in jobs)
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
         if constrain:
             processor = CrystalLogitsProcessor(

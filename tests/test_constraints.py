@@ -1,7 +1,6 @@
 """Constrained decoding: sampled crystals from random tiny Llamas always decode and obey their constraints,
 with our crystal tokenizer and with a LLaMA-style BPE (Metaspace, single digits, byte fallback)."""
 
-import json
 import re
 import string
 
@@ -9,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from pymatgen.core import Composition
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from training_helpers import llama_style_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_crystal.constraints import (
@@ -36,52 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _corpus(rng):
-    texts = []
-    for _ in range(300):
-        lines = [
-            " ".join(f"{x:.1f}" for x in rng.uniform(2, 15, 3)),
-            " ".join(map(str, rng.integers(60, 121, 3))),
-        ]
-        for symbol in rng.choice(ELEMENT_SYMBOLS[:94], int(rng.integers(1, 9))):
-            lines += [str(symbol), " ".join(f"{x:.2f}" for x in rng.random(3))]
-        texts.append(generation_prompt({"formula": "Na1Cl1"}) + "\n".join(lines))
-    return texts
-
-
-def llama_style_tokenizer():
-    """A BPE like LLaMA's: Metaspace ("▁"), digits split, <0xNN> byte-fallback tokens, a Strip decoder.
-
-    Trained on crystal texts and prompts, so that merged tokens such as "\\nNa\\n" exist.
-    """
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=list(string.printable),
-    )
-    backend.train_from_iterator(_corpus(np.random.default_rng(0)), trainer)
-    spec = json.loads(backend.to_str())
-    for byte in range(256):
-        spec["model"]["vocab"].setdefault(f"<0x{byte:02X}>", len(spec["model"]["vocab"]))
-    spec["model"]["byte_fallback"] = True
-    spec["decoder"] = json.loads(
-        decoders.Sequence(
-            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-        ).__getstate__()
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
 
 
 def tiny_llama(tokenizer):

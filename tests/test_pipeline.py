@@ -12,7 +12,7 @@ from ase.io import read as ase_read
 from factories import rocksalt, sodium_nitride
 from peft import LoraConfig, PeftModel, get_peft_model
 from pymatgen.core import Composition
-from training_helpers import tiny_llama
+from training_helpers import llama_style_tokenizer, tiny_llama
 from transformers import AutoModelForCausalLM, pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
@@ -115,6 +115,32 @@ def test_infill_gives_element_probabilities(pipe):
         assert candidate["structure"].composition == Composition({candidate["element"]: 4, "Cl": 4}) or (
             candidate["element"] == "Cl" and candidate["structure"].composition == Composition("Cl8")
         )
+
+
+def test_llama_style_bpe_tokenizer(tmp_path):
+    """A BPE with merged tokens (" 0.", "\\nNa\\n"), Metaspace and byte fallback: same guarantees."""
+    bpe = pipeline(
+        "crystal-generation", model=str(tiny_llama(tmp_path / "bpe", tokenizer=llama_style_tokenizer()))
+    )
+    samples = bpe(48, max_sites=4, seed=0, batch_size=48)
+    assert all(s["structure"] is not None for s in samples)
+    assert all(decode(s["text"]) == s["structure"] for s in samples)
+    fixed = bpe({"formula": "Na3N"}, num_return_sequences=8, seed=1, batch_size=8)
+    assert {s["structure"].composition for s in fixed} == {Composition("Na3N")}
+    answer = bpe(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
+    assert abs(sum(c["probability"] for c in answer["candidates"]) - 1) < 1e-4
+
+
+def test_constrained_budget_fits_the_largest_crystal(pipe, monkeypatch):
+    budgets = []
+    generate = pipe.model.generate
+    monkeypatch.setattr(
+        pipe.model, "generate", lambda **kw: budgets.append(kw["max_new_tokens"]) or generate(**kw)
+    )
+    pipe(1, max_sites=3)
+    pipe(1, max_sites=3, max_new_tokens=7)
+    assert budgets[0] >= len("999.9 999.9 999.9\n179 179 179") + 3 * len("\nXx\n0.00 0.00 0.00") + 1
+    assert budgets[1] == 7
 
 
 def test_bad_inputs_raise_typed_errors(pipe):
