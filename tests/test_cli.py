@@ -105,7 +105,9 @@ def test_console_script_runs():
         [sys.executable, "-m", "hf_crystal.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("usage: hf-crystal")
-    result = subprocess.run(
-        [sys.executable, "-m", "hf_crystal.cli", "frobnicate"], capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_unknown_command_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
