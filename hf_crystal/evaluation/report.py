@@ -41,6 +41,8 @@ METRICS = {
     "amsd_precision": "mean structure-fingerprint distance from each sample to its nearest reference",
     "amcd_recall": "mean composition-fingerprint distance from each reference to its nearest sample",
     "amcd_precision": "mean composition-fingerprint distance from each sample to its nearest reference",
+    "fingerprint_failed_samples": "samples whose CrystalNN fingerprint failed (never covered)",
+    "fingerprint_failed_reference": "reference structures whose CrystalNN fingerprint failed (never recalled)",
     "wdist_density": "Wasserstein distance of density (g/cm^3), valid samples vs reference",
     "wdist_nary": "Wasserstein distance of the number of elements, valid samples vs reference",
     "unique_rate": "fraction of readable samples that match no earlier sample (StructureMatcher, FlowMM tol.)",
@@ -176,7 +178,11 @@ def _coverage(samples, reference, n_total, progress) -> dict:
         return {"cov_recall": float("nan"), "cov_precision": float("nan")}
     gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
     ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
-    return cov.coverage(gen[0], gen[1], ref[0], ref[1], n_generated=n_total)
+    out = cov.coverage(gen[0], gen[1], ref[0], ref[1], n_generated=n_total)
+    return out | {
+        "fingerprint_failed_samples": int((~gen[2]).sum()),
+        "fingerprint_failed_reference": int((~ref[2]).sum()),
+    }
 
 
 def _stability(samples, rows, relaxer, hull_entries, hull_structures, n_total, out, progress, emit) -> dict:
