@@ -99,3 +99,14 @@ def test_novelty_against_training_set():
         True,
     ]
     assert novel_flags([nacl], []) == [True]
+
+
+def test_single_nan_features_do_not_drop_a_structure():
+    """Magpie has NaN for some elements' properties (He); CDVAE maps them to 0 instead of dropping."""
+    helium_like = np.array([[0.0, np.nan]])
+    ref_s, gen_s = np.zeros((1, 2)), np.zeros((1, 2))
+    out = coverage(gen_s, helium_like, ref_s, helium_like)
+    assert out["cov_recall"] == 1.0 and out["cov_precision"] == 1.0
+    s_fp, c_fp, ok = fingerprints([Structure(Lattice.cubic(3.0), ["He"], [[0, 0, 0]])])
+    assert ok.all() and np.isnan(c_fp).any()
+    assert coverage(s_fp, c_fp, s_fp, c_fp)["cov_recall"] == 1.0

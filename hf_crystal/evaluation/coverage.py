@@ -82,6 +82,12 @@ def _stack(rows: list) -> np.ndarray:
     )
 
 
+def _computed(struct_fps: np.ndarray, comp_fps: np.ndarray) -> np.ndarray:
+    """Rows whose fingerprints were computed; single NaN features (Magpie has no data for some elements,
+    e.g. He) are kept and become 0 after standardisation, as CDVAE's scaler does (replace_nan_token=0)."""
+    return ~np.isnan(struct_fps).all(axis=1) & ~np.isnan(comp_fps).all(axis=1)
+
+
 def _standardize(comp: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = np.nanmean(ref, axis=0)
     std = np.nanstd(ref, axis=0)
@@ -101,15 +107,14 @@ def coverage(
 ) -> dict[str, float]:
     """COV-R, COV-P and the mean nearest-neighbour distances (CDVAE's ``compute_cov``).
 
-    Rows with NaN (failed fingerprints) are dropped; COV-P is divided by ``n_generated`` (default: all
+    All-NaN rows (failed fingerprints) are dropped; COV-P is divided by ``n_generated`` (default: all
     generated rows, failed ones included), as CDVAE does.
     """
     if n_generated is None:
         n_generated = len(gen_struct_fps)
-    gen_ok = np.isfinite(gen_struct_fps).all(axis=1) & np.isfinite(gen_comp_fps).all(axis=1)
-    ref_ok = np.isfinite(ref_struct_fps).all(axis=1) & np.isfinite(ref_comp_fps).all(axis=1)
-    gs, gc = gen_struct_fps[gen_ok], gen_comp_fps[gen_ok]
-    rs, rc = ref_struct_fps[ref_ok], ref_comp_fps[ref_ok]
+    gen_ok, ref_ok = _computed(gen_struct_fps, gen_comp_fps), _computed(ref_struct_fps, ref_comp_fps)
+    gs, gc = np.nan_to_num(gen_struct_fps[gen_ok]), gen_comp_fps[gen_ok]
+    rs, rc = np.nan_to_num(ref_struct_fps[ref_ok]), ref_comp_fps[ref_ok]
     if len(gs) == 0 or len(rs) == 0:
         return {"cov_recall": 0.0, "cov_precision": 0.0}
     gc, rc = _standardize(gc, rc)
