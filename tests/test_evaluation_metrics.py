@@ -110,3 +110,12 @@ def test_single_nan_features_do_not_drop_a_structure():
     s_fp, c_fp, ok = fingerprints([Structure(Lattice.cubic(3.0), ["He"], [[0, 0, 0]])])
     assert ok.all() and np.isnan(c_fp).any()
     assert coverage(s_fp, c_fp, s_fp, c_fp)["cov_recall"] == 1.0
+
+
+def test_constant_reference_features_are_not_blown_up():
+    """A one-element reference set (all carbon) has zero-variance Magpie features: distances stay finite."""
+    carbon = Structure(Lattice.cubic(3.57), ["C"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+    ref = fingerprints([carbon, carbon.copy()])
+    gen = fingerprints([rocksalt()])
+    out = coverage(gen[0], gen[1], ref[0], ref[1])
+    assert out["cov_recall"] == 0.0 and 0 < out["amcd_precision"] < 1e4

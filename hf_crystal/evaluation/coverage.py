@@ -5,7 +5,7 @@ matminer's CrystalNN "ops" site fingerprint; the composition fingerprint is matm
 ElementProperty vector, standardised before distances are taken. A reference crystal is recalled (and a
 generated one is precise) when its nearest neighbour in the other set lies within both cutoffs.
 Deviation: CDVAE standardises Magpie vectors with means/stds it hard-coded from its MP-20 data; here the
-scaler is fitted on the reference set passed in (zero-variance features get std 1, NaN becomes 0).
+scaler is fitted on the reference set passed in (features constant over the reference get std 1, NaN becomes 0).
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def _standardize(comp: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndar
     mean = np.nanmean(ref, axis=0)
     std = np.nanstd(ref, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    # A feature constant over the reference (up to round-off) is not scaled.
+    std = np.where(np.isfinite(std) & (std > 1e-8 * np.maximum(1.0, np.abs(mean))), std, 1.0)
     return np.nan_to_num((comp - mean) / std), np.nan_to_num((ref - mean) / std)
 
 
