@@ -45,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_crystal_model(args.model)
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
-    pipe(2, batch_size=2)  # warm-up
+    for constrain in (False, True):  # warm-up of both paths
+        pipe(2, batch_size=2, constrain=constrain)
     print(
         f"{'batch':>5s} {'constrained':>11s} {'samples/s':>10s} {'structs/s':>10s} {'tokens/s':>9s} "
         f"{'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} {'time ratio':>10s}"
