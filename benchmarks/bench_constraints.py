@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import string
 import time
 import traceback
 
-import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, PreTrainedTokenizerFast
+from transformers import LogitsProcessor
 
 from hf_crystal.constraints import CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.prompts import generation_prompt
+from hf_crystal.testing import llama_style_tokenizer, tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, try_decode
 from hf_crystal.tokenization import build_crystal_tokenizer
-
-CORPUS_SIZE = 300
 
 # The crystal format as a regular expression (SPEC 2), the part a library can enforce.
 LENGTH = r"[1-9][0-9]{0,2}\.[0-9]"
@@ -43,79 +39,6 @@ COORDS = r"0\.[0-9][0-9] 0\.[0-9][0-9] 0\.[0-9][0-9]"
 
 def crystal_regex(max_sites: int) -> str:
     return f"{LENGTH} {LENGTH} {LENGTH}\n{ANGLE} {ANGLE} {ANGLE}(?:\n{ELEMENT}\n{COORDS}){{1,{max_sites}}}"
-
-
-def corpus(rng: np.random.Generator) -> list[str]:
-    """Random crystal texts (SPEC 2 format) and prompts to train a BPE on."""
-    texts = []
-    for _ in range(CORPUS_SIZE):
-        n = int(rng.integers(1, 9))
-        lines = [
-            " ".join(f"{x:.1f}" for x in rng.uniform(2, 15, 3)),
-            " ".join(str(a) for a in rng.integers(60, 121, 3)),
-        ]
-        for symbol in rng.choice(ELEMENT_SYMBOLS[:94], n):
-            lines += [str(symbol), " ".join(f"{x:.2f}" for x in rng.random(3))]
-        texts.append(generation_prompt({"formula": "Na1Cl1"}) + "\n".join(lines))
-    return texts
-
-
-def llama_style_tokenizer(vocab_size: int, seed: int = 0) -> PreTrainedTokenizerFast:
-    """A BPE like LLaMA's (Metaspace, single digits, <0xNN> byte fallback), padded to `vocab_size` tokens.
-
-    The padding tokens are random strings of crystal characters and letters: never produced by the
-    encoder, but the model may sample them and a constraint must handle them.
-    """
-    rng = np.random.default_rng(seed)
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=list(string.printable),
-    )
-    backend.train_from_iterator(corpus(rng), trainer)
-    spec = json.loads(backend.to_str())
-    vocab = spec["model"]["vocab"]
-    pieces = [*string.ascii_letters, *string.digits, ".", " ", "\n", "▁", *ELEMENT_SYMBOLS]
-    extras = [f"<0x{b:02X}>" for b in range(256)]
-    while len(vocab) + len(extras) < vocab_size:
-        extras.append("".join(rng.choice(pieces, int(rng.integers(2, 6)))).replace(" ", "▁"))
-    for token in extras:
-        vocab.setdefault(token, len(vocab))
-    spec["model"]["byte_fallback"] = True
-    spec["decoder"] = json.loads(
-        decoders.Sequence(
-            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-        ).__getstate__()
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="left",
-    )
-
-
-def tiny_llama(tokenizer, hidden: int, layers: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 class Timed(LogitsProcessor):
@@ -317,7 +240,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     tokenizers = {
         "crystal": build_crystal_tokenizer(),
-        f"llama-bpe-{args.vocab}": llama_style_tokenizer(args.vocab),
+        f"llama-bpe-{args.vocab}": llama_style_tokenizer(args.vocab, bpe_size=1000),
     }
     header = ["library", "tokenizer"]
     for b in batches:
@@ -325,7 +248,15 @@ def main():
     rows = [header + ["build"]]
     for tok_name, tok in tokenizers.items():
         tok.padding_side = "left"
-        model = tiny_llama(tok, hidden=args.hidden, layers=args.layers)
+        model = tiny_llama(
+            tok,
+            hidden_size=args.hidden,
+            intermediate_size=2 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+        )
         base = {b: model_step_seconds(tok, model, b, 32) for b in batches}
         print(
             f"{tok_name}: model step " + ", ".join(f"b={b} {s * 1e3:.1f} ms" for b, s in base.items()),

@@ -7,7 +7,7 @@
 
 import sys
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["dataset", "build", *sys.argv[1:]]))

@@ -1,7 +1,8 @@
 """Reading structures from files and building crystal-text datasets.
 
 Sources: CDVAE-format CSVs (a `cif` column plus property columns), folders of CIF files, multi-block
-CIF files, extended XYZ, and JSON lines with a `cif` or crystal `text` field. Whatever cannot be
+CIF files, extended XYZ, JSON lines with a `cif` or crystal `text` field, and `.txt` files of
+crystal-text blocks separated by blank lines (as `hf-crystal encode` writes them). Whatever cannot be
 read is counted and reported with its reason, never dropped silently.
 
 A built dataset is saved Hub-shaped (`data/{split}-00000-of-00001.parquet` + `README.md` card), so
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict, load_dataset
 from pymatgen.core import Structure
+from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from tqdm.auto import tqdm
 
@@ -34,9 +36,11 @@ __all__ = [
     "Record",
     "SampleWriter",
     "build_dataset",
+    "cif_block",
     "iter_records",
     "load_crystal_dataset",
     "read_structures",
+    "read_text_blocks",
     "save_dataset",
 ]
 
@@ -86,6 +90,35 @@ def _parse_cif(material_id: str, cif: str, properties: dict | None = None) -> Re
 def _split_cif_blocks(text: str) -> list[str]:
     starts = [m.start() for m in re.finditer(r"^data_", text, flags=re.MULTILINE)]
     return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)] or [text]
+
+
+def cif_block(structure: Structure, name: str | None = None) -> str:
+    """The structure as a CIF data block (pymatgen's CifWriter), named `data_<name>` when a name is given."""
+    block = str(CifWriter(structure))
+    if name:
+        block = re.sub(r"^data_\S*", "data_" + re.sub(r"\s+", "_", name), block, count=1, flags=re.M)
+    return block
+
+
+def read_text_blocks(text: str) -> list[tuple[str | None, str]]:
+    """(id, crystal text) blocks of a text in which crystals are separated by blank lines.
+
+    A block may start with a comment line "# ID" naming it, as `hf-crystal encode` writes.
+    """
+    blocks = []
+    for chunk in re.split(r"\n\s*\n", text.strip()):
+        lines = chunk.strip().splitlines()
+        name = lines[0][1:].strip() if lines and lines[0].startswith("#") else None
+        body = "\n".join(lines[1:] if name is not None else lines)
+        if body.strip():
+            blocks.append((name, body))
+    return blocks
+
+
+def _records_from_text(path: Path) -> Iterator[Record]:
+    for i, (name, body) in enumerate(read_text_blocks(path.read_text())):
+        structure, error = try_decode(body)
+        yield Record(name or f"{path.stem}-{i}", structure, error=error and f"text: {error}")
 
 
 def _records_from_csv(path: Path) -> Iterator[Record]:
@@ -162,10 +195,12 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         yield from _records_from_jsonl(path)
     elif suffix in (".extxyz", ".xyz"):
         yield from _records_from_xyz(path)
+    elif suffix == ".txt":
+        yield from _records_from_text(path)
     else:
         raise DataFormatError(
             f"cannot read structures from {path}: use a CIF folder, .cif, .csv (with a 'cif' column), "
-            ".jsonl (with 'cif' or 'text') or .extxyz"
+            ".jsonl (with 'cif' or 'text'), .extxyz or .txt (crystal-text blocks)"
         )
 
 
@@ -333,9 +368,7 @@ class SampleWriter:
         if self.suffix == ".cif":
             with self.path.open("a") as handle:
                 for name, sample in parsed:
-                    handle.write(
-                        re.sub(r"^data_\S*", f"data_{name}", sample["cif"], count=1, flags=re.M) + "\n"
-                    )
+                    handle.write(cif_block(sample["structure"], name) + "\n")
             return len(parsed)
         if self.suffix == ".extxyz":
             from ase.io import write
@@ -369,5 +402,5 @@ class SampleWriter:
             "conditions": json.dumps(sample.get("conditions") or {}),
             "attempts": sample.get("attempts", 1),
             "formula": structure.composition.formula.replace(" ", "") if structure is not None else None,
-            "cif": sample.get("cif"),
+            "cif": cif_block(structure, name) if structure is not None else None,
         }

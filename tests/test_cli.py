@@ -10,8 +10,8 @@ from factories import structures
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from hf_crystal.cli import main, read_text_blocks
-from hf_crystal.data import read_structures
+from hf_crystal.commands import main
+from hf_crystal.data import read_structures, read_text_blocks
 from hf_crystal.text import decode, encode
 
 STRUCTURES = list(structures().values())[:4]
@@ -69,12 +69,12 @@ def test_decode_reports_bad_blocks_and_keeps_good_ones(tmp_path, capsys):
         (["decode", "missing.txt", "--out", "x.cif"], "No such file"),
         (["encode", "missing.cif"], "does not exist"),
         (["dataset", "build", "--out", "o"], "give either one SOURCE"),
-        (["encode", "notes.txt"], "cannot read structures"),
+        (["encode", "notes.dat"], "cannot read structures"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.dat").write_text("hello")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("hf-crystal: error:") and message in err[-1]
@@ -102,7 +102,7 @@ def test_help_of_every_command(capsys):
 
 def test_console_script_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "hf_crystal.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "hf_crystal.commands", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("usage: hf-crystal")
 

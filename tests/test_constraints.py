@@ -9,8 +9,7 @@ import pytest
 import torch
 from pymatgen.core import Composition
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from training_helpers import llama_style_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from hf_crystal.constraints import (
     ConstraintError,
@@ -19,6 +18,7 @@ from hf_crystal.constraints import (
     _angle_range,
 )
 from hf_crystal.prompts import generation_prompt, infill_prompt
+from hf_crystal.testing import llama_style_tokenizer, tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, decode, try_decode
 from hf_crystal.tokenization import build_crystal_tokenizer
 
@@ -36,22 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_llama(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module", params=["crystal", "llama-bpe"])

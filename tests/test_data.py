@@ -13,7 +13,7 @@ from huggingface_hub import DatasetCard
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 from hf_crystal.data import (
     DataFormatError,
     build_dataset,
@@ -136,9 +136,9 @@ def test_readers_of_every_sample_format(tmp_path):
 def test_unknown_sources_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_structures(tmp_path / "missing.csv")
-    (tmp_path / "x.txt").write_text("")
+    (tmp_path / "x.dat").write_text("")
     with pytest.raises(DataFormatError, match="cannot read structures"):
-        read_structures(tmp_path / "x.txt")
+        read_structures(tmp_path / "x.dat")
     with pytest.raises(DataFormatError, match="no .cif files"):
         read_structures(tmp_path)
     (tmp_path / "nocif.csv").write_text("a,b\n1,2\n")

@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 from hf_crystal.evaluation.report import METRICS
 
 

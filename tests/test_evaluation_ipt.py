@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from factories import rocksalt
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_crystal.evaluation.ipt import ipt, text_perplexity
+from hf_crystal.testing import tiny_llama
 from hf_crystal.tokenization import build_crystal_tokenizer
 
 
@@ -15,22 +15,8 @@ def tokenizer():
     return build_crystal_tokenizer()
 
 
-def _model(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def test_uniform_model_has_vocabulary_size_perplexity_and_zero_ipt(tokenizer):
-    model = _model(tokenizer)
+    model = tiny_llama(tokenizer)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # every next-token distribution is uniform
     assert text_perplexity(model, tokenizer, "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00") == pytest.approx(
@@ -42,7 +28,7 @@ def test_uniform_model_has_vocabulary_size_perplexity_and_zero_ipt(tokenizer):
 
 
 def test_random_model_is_not_translation_invariant(tokenizer):
-    model = _model(tokenizer, seed=1)
+    model = tiny_llama(tokenizer, seed=1)
     structures = [rocksalt(), rocksalt().get_primitive_structure()]
     out = ipt(model, tokenizer, structures, n_translations=3, progress=False, seed=0)
     assert out["ipt"].shape == (2,) and (out["ipt"] > 0).all() and np.isfinite(out["perplexity"]).all()
@@ -54,7 +40,7 @@ def test_random_model_is_not_translation_invariant(tokenizer):
 
 
 def test_prompt_tokens_are_not_scored(tokenizer):
-    model = _model(tokenizer, seed=2)
+    model = tiny_llama(tokenizer, seed=2)
     text = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00"
     short = text_perplexity(model, tokenizer, text, prompt="Below is a description of a bulk material.\n")
     assert np.isfinite(short) and short != text_perplexity(model, tokenizer, text)

@@ -12,20 +12,20 @@ from ase.io import read as ase_read
 from factories import rocksalt, sodium_nitride
 from peft import LoraConfig, PeftModel, get_peft_model
 from pymatgen.core import Composition
-from training_helpers import llama_style_tokenizer, tiny_llama
 from transformers import AutoModelForCausalLM, pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 from hf_crystal.data import read_structures
 from hf_crystal.hub import load_crystal_model, push_folder
 from hf_crystal.prompts import format_formula, generation_prompt
+from hf_crystal.testing import llama_style_tokenizer, save_tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, decode
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_infill_gives_element_probabilities(pipe):
 def test_llama_style_bpe_tokenizer(tmp_path):
     """A BPE with merged tokens (" 0.", "\\nNa\\n"), Metaspace and byte fallback: same guarantees."""
     bpe = pipeline(
-        "crystal-generation", model=str(tiny_llama(tmp_path / "bpe", tokenizer=llama_style_tokenizer()))
+        "crystal-generation", model=str(save_tiny_llama(tmp_path / "bpe", tokenizer=llama_style_tokenizer()))
     )
     samples = bpe(48, max_sites=4, seed=0, batch_size=48)
     assert all(s["structure"] is not None for s in samples)

@@ -8,7 +8,7 @@ import yaml
 from training_helpers import crystal_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 from hf_crystal.prompts import generation_prompt
 from hf_crystal.tokenization import crystal_token_ids
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM
-from training_helpers import crystal_dataset, tiny_llama
+from training_helpers import crystal_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_crystal.prompts import generation_prompt
+from hf_crystal.testing import save_tiny_llama
 from hf_crystal.training.lora import LoraTrainingConfig, train_lora
 
 STEPS = 4
@@ -21,7 +22,7 @@ STEPS = 4
 def inputs(tmp_path_factory):
     """(tiny base folder, dataset folder)."""
     tmp = tmp_path_factory.mktemp("lora")
-    return tiny_llama(tmp / "base"), crystal_dataset(tmp / "data")
+    return save_tiny_llama(tmp / "base"), crystal_dataset(tmp / "data")
 
 
 def _config(inputs, out, **kw):

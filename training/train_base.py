@@ -8,7 +8,7 @@ Options: `python training/train_base.py --help`.
 
 import sys
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", "base", *sys.argv[1:]]))

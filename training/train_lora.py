@@ -9,7 +9,7 @@ Options: `python training/train_lora.py --help`.
 
 import sys
 
-from hf_crystal.cli import main
+from hf_crystal.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", "lora", *sys.argv[1:]]))

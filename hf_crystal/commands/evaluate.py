@@ -10,7 +10,7 @@ from pathlib import Path
 from hf_crystal.evaluation.relax import DEFAULT_BATCH_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_OPTIMIZER
 
 
-def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``evaluate`` to an argparse subparsers object; ``args.func(args)`` runs it."""
     p = subparsers.add_parser(
         "evaluate",
@@ -52,10 +52,7 @@ def _read(path: str, limit: int | None, what: str):
     source = Path(path)
     if not source.exists():
         raise FileNotFoundError(f"{what} not found: {source}")
-    if source.suffix.lower() == ".txt":
-        ids, structures, skipped = _read_text(source)
-    else:
-        ids, structures, skipped = read_structures(source)
+    ids, structures, skipped = read_structures(source)
     if limit is not None:
         ids, structures = ids[:limit], structures[:limit]
     if skipped:
@@ -63,22 +60,6 @@ def _read(path: str, limit: int | None, what: str):
             f"{what}: {len(skipped)} unreadable entries, e.g. {skipped[0][0]}: {skipped[0][1]}",
             file=sys.stderr,
         )
-    return ids, structures, skipped
-
-
-def _read_text(path: Path):
-    from hf_crystal.cli import read_text_blocks
-    from hf_crystal.text import try_decode
-
-    ids, structures, skipped = [], [], []
-    for i, (name, block) in enumerate(read_text_blocks(path.read_text())):
-        structure, error = try_decode(block)
-        name = name or f"{path.stem}-{i}"
-        if structure is None:
-            skipped.append((name, str(error)))
-        else:
-            ids.append(name)
-            structures.append(structure)
     return ids, structures, skipped
 
 

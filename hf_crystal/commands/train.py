@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["add_train_command"]
+__all__ = ["add_parser"]
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -112,7 +112,7 @@ def _run_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_command(subparsers) -> None:
+def add_parser(subparsers) -> None:
     """Add `train` with its `base` and `lora` subcommands to the CLI's subparsers."""
     from hf_crystal.training.presets import MODEL_PRESETS
 

@@ -1,0 +1,84 @@
+"""`hf-crystal generate`: sample crystals from a model or adapter and write them as they come."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_crystal.commands.errors import UsageError
+
+__all__ = ["add_parser"]
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    import hf_crystal.pipeline_crystal  # noqa: F401  (registers the task)
+    from hf_crystal.data import SampleWriter
+    from hf_crystal.hub import load_crystal_model
+
+    writer = SampleWriter(args.out)  # checks the suffix before the model loads
+    start = writer.next_index() if args.resume else 0
+    if not args.resume and Path(args.out).exists():
+        raise UsageError(f"{args.out} exists: pass --resume to continue it, or choose another --out")
+    conditions = {
+        key: value
+        for key, value in (
+            ("formula", args.formula),
+            ("spacegroup", args.spacegroup),
+            ("e_above_hull", args.e_above_hull),
+            ("formation_energy_per_atom", args.formation_energy),
+            ("band_gap", args.band_gap),
+        )
+        if value is not None
+    }
+    model, tokenizer = load_crystal_model(args.model, revision=args.revision)
+    pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
+    options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
+    for key in ("temperature", "top_p", "max_new_tokens"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    totals = {"generated": 0, "parsed": 0, "valid": 0, "written": 0}
+    with tqdm(total=args.num, initial=min(start, args.num), unit=" crystals", desc="generating") as bar:
+        for index in range(start, args.num, args.batch_size):
+            n = min(args.batch_size, args.num - index)
+            seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
+            samples = pipe(conditions, num_return_sequences=n, seed=seed, **options)
+            totals["written"] += writer.write(samples, start=index)
+            totals["generated"] += n
+            totals["parsed"] += sum(s["structure"] is not None for s in samples)
+            totals["valid"] += sum(s["valid"] for s in samples)
+            bar.update(n)
+    print(
+        f"generated {totals['generated']}, parsed {totals['parsed']}, valid {totals['valid']}; "
+        f"wrote {totals['written']} to {args.out}" + (f" (resumed at sample {start})" if start else "")
+    )
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add `generate` to the CLI's subparsers."""
+    commands = subparsers
+    gen = commands.add_parser(
+        "generate",
+        help="sample crystals from a model or LoRA adapter",
+        description="Generate crystals and write them as they come (.cif, .extxyz, .csv or .jsonl by suffix).",
+    )
+    gen.add_argument("--model", required=True, help="local folder or Hub id of a model or LoRA adapter")
+    gen.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
+    gen.add_argument("--num", type=int, default=10, help="number of samples (default 10)")
+    gen.add_argument("--formula", help="condition: chemical formula, e.g. NaCl (constrains the composition)")
+    gen.add_argument("--spacegroup", type=int, help="condition: space-group number 1-230")
+    gen.add_argument("--e-above-hull", type=float, help="condition: energy above hull, eV/atom")
+    gen.add_argument("--formation-energy", type=float, help="condition: formation energy per atom, eV/atom")
+    gen.add_argument("--band-gap", type=float, help="condition: band gap, eV")
+    gen.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default 0.9)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
+    gen.add_argument("--max-new-tokens", type=int, help="token budget per sample (default 1024)")
+    gen.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
+    gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
+    gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
+    gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")
+    gen.set_defaults(func=_cmd_generate)
