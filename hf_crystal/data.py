@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -42,6 +42,8 @@ __all__ = [
     "read_structures",
     "read_text_blocks",
     "save_dataset",
+    "unify_features",
+    "verify_saved_dataset",
 ]
 
 SPLITS = ("train", "validation", "test")
@@ -218,7 +220,12 @@ def read_structures(path: str | Path) -> tuple[list[str], list[Structure], list[
 
 @dataclass
 class BuildReport:
-    """What a dataset build read, kept and skipped (skip reasons counted), per split."""
+    """What a dataset build read, kept and skipped (skip reasons counted), per split.
+
+    `null_counts[split][column]` is the number of empty (null) cells of every column of every split;
+    `absent_columns[split]` lists the columns that split's source does not have at all (all null there,
+    because every split shares one schema: the union of the sources' columns).
+    """
 
     sources: dict[str, str]
     rows: dict[str, int] = field(default_factory=dict)
@@ -226,6 +233,13 @@ class BuildReport:
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)
     renamed_columns: dict[str, str] = field(default_factory=dict)
     no_spacegroup: int = 0
+    null_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    absent_columns: dict[str, list[str]] = field(default_factory=dict)
+
+    def null_columns(self) -> dict[str, dict[str, int]]:
+        """{column: {split: nulls}} for the columns with at least one null cell in some split."""
+        columns = dict.fromkeys(c for counts in self.null_counts.values() for c, n in counts.items() if n)
+        return {c: {split: counts.get(c, 0) for split, counts in self.null_counts.items()} for c in columns}
 
     def summary(self) -> str:
         lines = [f"rows: {', '.join(f'{k}={v}' for k, v in self.rows.items())}"]
@@ -235,6 +249,16 @@ class BuildReport:
             lines.append(f"space group undetermined (left empty): {self.no_spacegroup}")
         if self.renamed_columns:
             lines.append(f"source columns renamed: {self.renamed_columns}")
+        null_columns = self.null_columns()
+        if null_columns:
+            lines.append("null cells per column (per split):")
+            for column, counts in null_columns.items():
+                shown = ", ".join(
+                    f"{split}={n}"
+                    + (" (not in source)" if column in self.absent_columns.get(split, ()) else "")
+                    for split, n in counts.items()
+                )
+                lines.append(f"  {column}: {shown}")
         return "\n".join(lines)
 
 
@@ -291,7 +315,9 @@ def build_dataset(
     """A train/validation/test `DatasetDict` of crystal text from one source (seeded split) or one per split.
 
     Columns: material_id, cif, text (canonical: no augmentation), formula (reduced), full_formula,
-    elements, n_atoms, spacegroup (spglib, symprec 0.1) and every property column of the source.
+    elements, n_atoms, spacegroup (spglib, symprec 0.1) and every property column of the sources. All
+    splits share one schema (`unify_features`): a property one source lacks is a null column in that
+    split (counted in `BuildReport.null_counts` / `absent_columns`), never zeros.
     """
     if isinstance(sources, Mapping):
         unknown = set(sources) - set(SPLITS)
@@ -312,20 +338,118 @@ def build_dataset(
             name: [rows[i] for i in order[start:stop]]
             for name, start, stop in zip(SPLITS, [0, *bounds[:2]], bounds, strict=True)
         }
-    dataset = DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})
+    splits = {name: rows for name, rows in splits.items() if rows}
+    columns = _columns(splits.values())
+    dataset = unify_features(
+        DatasetDict(
+            {
+                name: Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
+                for name, rows in splits.items()
+            }
+        )
+    )
     report.rows = {name: len(ds) for name, ds in dataset.items()}
+    report.null_counts = {
+        name: {c: split.data.column(c).null_count for c in split.column_names}
+        for name, split in dataset.items()
+    }
+    report.absent_columns = {
+        name: [c for c in columns if not any(c in r for r in rows)] for name, rows in splits.items()
+    }
     return dataset, report
 
 
+def _columns(splits) -> list[str]:
+    """The union of the rows' keys: the computed columns first, then the properties in first-seen order."""
+    seen = dict.fromkeys(COMPUTED_COLUMNS)
+    for rows in splits:
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+_NUMERIC = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+_FLOATS = ("float16", "float32", "float64")
+
+
+def _unify(column: str, types: dict[str, Any]) -> Any:
+    """One feature type for a column typed differently by different splits (nulls take the other type)."""
+    known = {split: t for split, t in types.items() if not (isinstance(t, Value) and t.dtype == "null")}
+    if not known:
+        return Value("null")
+    distinct = []
+    for t in known.values():
+        if t not in distinct:
+            distinct.append(t)
+    if len(distinct) == 1:
+        return distinct[0]
+    if all(isinstance(t, Value) for t in distinct):
+        dtypes = {t.dtype for t in distinct}
+        if dtypes <= {*_NUMERIC, *_FLOATS}:
+            return Value("float64") if dtypes & set(_FLOATS) else Value("int64")
+        return Value("string")
+    raise DataFormatError(
+        f"column {column!r} has incompatible types in different splits: "
+        + ", ".join(f"{split}: {t}" for split, t in known.items())
+    )
+
+
+def unify_features(dataset: DatasetDict) -> DatasetDict:
+    """`dataset` with one schema for all splits: the union of their columns in one order, missing columns
+    added as nulls (never zeros), and each column cast to one type (a null-only column takes the type it
+    has elsewhere; integers and floats meet as float64; other mixed scalars as strings)."""
+    if not dataset:
+        return dataset
+    columns = list(dict.fromkeys(c for split in dataset.values() for c in split.column_names))
+    features = Features(
+        {
+            c: _unify(c, {name: split.features[c] for name, split in dataset.items() if c in split.features})
+            for c in columns
+        }
+    )
+    out = {}
+    for name, split in dataset.items():
+        for c in columns:
+            if c not in split.column_names:
+                split = split.add_column(c, [None] * len(split))
+        split = split.select_columns(columns)
+        out[name] = split if split.features == features else split.cast(features)
+    return DatasetDict(out)
+
+
 def save_dataset(dataset: DatasetDict, out_dir: str | Path, card: str | None = None) -> Path:
-    """Write `dataset` Hub-shaped: one parquet file per split under data/, and the card as README.md."""
+    """Write `dataset` Hub-shaped: one parquet file per split under data/, and the card as README.md.
+
+    All splits are written with one schema (`unify_features`), so `datasets.load_dataset(out_dir)` can read
+    them together.
+    """
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    for name, split in dataset.items():
+    for name, split in unify_features(dataset).items():
         split.to_parquet(out / "data" / f"{name}-00000-of-00001.parquet")
     if card is not None:
         (out / "README.md").write_text(card)
     return out
+
+
+def verify_saved_dataset(out_dir: str | Path, dataset: DatasetDict) -> DatasetDict:
+    """Load `out_dir` back with `load_crystal_dataset` and check it holds `dataset`'s splits, row counts and
+    columns; raises `DataFormatError` (saying what differs) if it does not load or differs."""
+    try:
+        loaded = load_crystal_dataset(out_dir)
+    except Exception as err:  # datasets raises many types (CastError, DatasetGenerationError, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataFormatError(
+            f"{out_dir} was written but load_crystal_dataset cannot read it back: {type(err).__name__}: {reason}"
+        ) from err
+    expected = {name: (len(split), split.column_names) for name, split in dataset.items()}
+    found = {name: (len(split), split.column_names) for name, split in loaded.items()}
+    if expected != found:
+        raise DataFormatError(
+            f"{out_dir} loads back differently from what was built: expected (rows, columns) {expected}, "
+            f"loaded {found}"
+        )
+    return loaded
 
 
 def load_crystal_dataset(path_or_repo_id: str | Path, split: str | None = None, revision: str | None = None):

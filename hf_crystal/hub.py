@@ -57,7 +57,8 @@ def render_dataset_card(
     pretty_name: str | None = None,
     license: str = "other",
 ) -> DatasetCard:
-    """A dataset card with sources, split counts, skipped entries and element / size statistics."""
+    """A dataset card with sources, split counts, skipped entries, null cells per column and split (a property
+    one source lacks is null in its split), and element / size statistics."""
     n_total = sum(len(split) for split in dataset.values())
     n_atoms = np.concatenate([split["n_atoms"] for split in dataset.values()])
     element_counts = Counter(
@@ -88,6 +89,9 @@ def render_dataset_card(
         top_elements=[(el, f"{n / n_total:.1%}") for el, n in element_counts.most_common(10)],
         top_spacegroups=spacegroups.most_common(5),
         property_columns=[c for c in first.column_names if c not in COMPUTED_COLUMNS],
+        splits=list(report.rows),
+        null_columns=report.null_columns(),
+        absent_columns=report.absent_columns,
     )
 
 

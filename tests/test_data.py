@@ -184,3 +184,88 @@ def test_build_mp20_excerpt(tmp_path):
     rows = [r for split in dataset.values() for r in split]
     agree = sum(r["spacegroup"] == r["spacegroup.number"] for r in rows) / len(rows)
     assert agree > 0.9
+
+
+def test_split_sources_with_different_columns_share_one_schema(tmp_path, capsys):
+    """Train has band_gap + e_above_hull, validation band_gap + an integer column: the saved folder loads,
+    each property missing from a source is null (never zero) and the nulls are counted in report and card."""
+    good = list(GOOD.values())
+    train_rows = [
+        {"material_id": f"t{i}", "cif": s.to(fmt="cif"), "band_gap": 1.5, "e_above_hull": 0.1 * i}
+        for i, s in enumerate(good[:5])
+    ]
+    val_rows = [
+        {
+            "material_id": f"v{i}",
+            "cif": s.to(fmt="cif"),
+            "band_gap": None if i == 0 else 2.0,
+            "n_sites": len(s),
+        }
+        for i, s in enumerate(good[5:8])
+    ]
+    train_csv, val_csv = tmp_path / "train.csv", tmp_path / "val.csv"
+    pd.DataFrame(train_rows).to_csv(train_csv)
+    pd.DataFrame(val_rows).to_csv(val_csv)
+    out = tmp_path / "ds"
+    assert (
+        main(["dataset", "build", "--train", str(train_csv), "--validation", str(val_csv), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "saved to" in printed and "e_above_hull: train=0, validation=3 (not in source)" in printed
+
+    loaded = load_crystal_dataset(out)  # by folder
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 5, "validation": 3}
+    assert loaded["train"].features == loaded["validation"].features
+    assert loaded["train"].features["e_above_hull"].dtype == "float64"
+    assert loaded["train"].features["n_sites"].dtype == "int64"
+    assert loaded["validation"]["e_above_hull"] == [None] * 3
+    assert loaded["train"]["n_sites"] == [None] * 5
+    assert loaded["validation"]["band_gap"] == [None, 2.0, 2.0]
+    assert loaded["validation"]["n_sites"] == [len(s) for s in good[5:8]]
+
+    dataset, report = build_dataset({"train": train_csv, "validation": val_csv})
+    assert report.absent_columns == {"train": ["n_sites"], "validation": ["e_above_hull"]}
+    assert report.null_counts["validation"]["band_gap"] == 1 and report.null_counts["train"]["band_gap"] == 0
+    assert report.null_columns() == {
+        "e_above_hull": {"train": 0, "validation": 3},
+        "n_sites": {"train": 5, "validation": 0},
+        "band_gap": {"train": 0, "validation": 1},
+    }
+    card = (out / "README.md").read_text()
+    assert "| column | train | validation |" in card
+    assert "| `e_above_hull` | 0 | 3 (not in source) |" in card
+    assert "| `n_sites` | 5 (not in source) | 0 |" in card
+    assert "| `band_gap` | 0 | 1 |" in card
+
+
+def test_unify_features_casts_nulls_and_mixed_numbers():
+    from datasets import Dataset, DatasetDict
+
+    from hf_crystal.data import unify_features
+
+    mixed = DatasetDict(
+        {
+            "train": Dataset.from_dict({"a": [1, 2], "b": [None, None]}),
+            "test": Dataset.from_dict({"a": [0.5], "b": ["x"], "c": [True]}),
+        }
+    )
+    out = unify_features(mixed)
+    assert out["train"].features == out["test"].features
+    assert out["train"].to_list() == [{"a": 1.0, "b": None, "c": None}, {"a": 2.0, "b": None, "c": None}]
+    bad = DatasetDict({"train": Dataset.from_dict({"a": [[1]]}), "test": Dataset.from_dict({"a": [1]})})
+    with pytest.raises(DataFormatError, match="column 'a' has incompatible types"):
+        unify_features(bad)
+
+
+def test_build_fails_clearly_when_the_folder_does_not_load_back(tmp_path, cdvae_csv, monkeypatch, capsys):
+    import hf_crystal.data
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("column names don't match")
+
+    monkeypatch.setattr(hf_crystal.data, "load_crystal_dataset", broken)
+    assert main(["dataset", "build", str(cdvae_csv), "--out", str(tmp_path / "ds")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot read it back: RuntimeError: column names don't match" in captured.err
+    assert "saved to" not in captured.out

@@ -1,4 +1,7 @@
-"""`hf-crystal dataset build`: structure sources -> a Hub-shaped crystal-text dataset."""
+"""`hf-crystal dataset build`: structure sources -> a Hub-shaped crystal-text dataset.
+
+The build reports success only after the saved folder loads back through `load_crystal_dataset`.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def _split_fractions(value: str) -> tuple[float, float, float]:
 
 
 def _cmd_dataset_build(args: argparse.Namespace) -> int:
-    from hf_crystal.data import build_dataset, save_dataset
+    from hf_crystal.data import build_dataset, save_dataset, verify_saved_dataset
     from hf_crystal.hub import push_folder, render_dataset_card
 
     per_split = {
@@ -43,7 +46,8 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
     )
     out = save_dataset(dataset, args.out, card=str(card))
     print(report.summary())
-    print(f"saved to {out}")
+    verify_saved_dataset(out, dataset)  # success means load_crystal_dataset(out) reads what was built
+    print(f"saved to {out} (loads back: {', '.join(f'{k}={v}' for k, v in report.rows.items())} rows)")
     if args.push_to_hub:
         print(f"pushed: {push_folder(out, args.push_to_hub, repo_type='dataset', private=args.private)}")
     return 0
