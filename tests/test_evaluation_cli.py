@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -86,24 +88,69 @@ def test_missing_reference_is_a_clear_error(files, tmp_path, capsys):
     assert "reference not found" in capsys.readouterr().err
 
 
-def test_evaluate_api_with_user_entries(tmp_path):
+def test_compute_metrics_writes_nothing_and_write_report_writes_it_all(tmp_path, monkeypatch):
     import torch
     from chgnet.model import CHGNet
     from pymatgen.entries.computed_entries import ComputedEntry
 
+    from hf_crystal.evaluation import compute_metrics, write_report
     from hf_crystal.evaluation.relax import BatchedRelaxer
-    from hf_crystal.evaluation.report import evaluate
 
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        relaxer = BatchedRelaxer(CHGNet.load(verbose=False, use_device="cpu"), max_steps=2)
+        relaxer = BatchedRelaxer(CHGNet.load(verbose=False, use_device="cpu"), max_steps=2)  # no cache
         entries = [ComputedEntry("Na", -1.3), ComputedEntry("Cl2", -3.6)]  # hull: -1.55 eV/atom at NaCl
-        metrics = evaluate([_nacl()], [_nacl()], out_dir=tmp_path, hull_entries=entries, relaxer=relaxer)
+        result = compute_metrics(
+            [_nacl(), _kcl()], [_nacl()], sample_ids=["nacl", "kcl"], hull_entries=entries, relaxer=relaxer
+        )
     finally:
         torch.set_num_threads(threads)
+    assert list(cwd.iterdir()) == []  # compute_metrics wrote no file
+    metrics = result.metrics
+    assert set(METRICS) - {"hull_skipped"} <= set(metrics)
     assert metrics["hull"] == "user-supplied entries (2)" and metrics["hull_entries"] == 2
     assert metrics["sun_rate"] is None and metrics["novel_rate"] is None  # no training set: unknown
-    (row,) = csv.DictReader(open(tmp_path / "samples.csv"))
-    assert float(row["e_hull"]) == pytest.approx(float(row["corrected_energy_per_atom"]) + 1.55, abs=1e-9)
-    assert metrics["metastable_rate"] == float(float(row["e_hull"]) < 0.1)
+    nacl_row, kcl_row = result.rows
+    assert nacl_row["e_hull"] == pytest.approx(nacl_row["corrected_energy_per_atom"] + 1.55, abs=1e-9)
+    assert kcl_row["e_hull"] is None and "K" in kcl_row["hull_error"]  # K is not in the hull
+    assert metrics["metastable_rate"] == (nacl_row["e_hull"] < 0.1) / 2
+    assert [name for name, _ in result.relaxed] == ["nacl", "kcl"]
+
+    out = write_report(result, tmp_path / "report")
+    assert json.loads((out / "metrics.json").read_text()) == result.metrics
+    assert sorted(p.name for p in out.iterdir()) == [
+        "e_hull.png", "lattice.png", "metrics.json", "nary_density.png", "relaxed.cif", "report.md", "samples.csv",
+    ]  # fmt: skip
+    rows = list(csv.DictReader(open(out / "samples.csv")))
+    assert [r["id"] for r in rows] == ["nacl", "kcl"]
+    assert float(rows[0]["e_hull"]) == pytest.approx(nacl_row["e_hull"]) and rows[1]["e_hull"] == ""
+    cif = (out / "relaxed.cif").read_text()
+    assert cif.count("data_") == 2 and "data_nacl\n" in cif and "data_kcl\n" in cif
+    assert "user-supplied entries (2)" in (out / "report.md").read_text()
+
+
+def test_write_report_without_relaxation(tmp_path):
+    from hf_crystal.evaluation.metrics import compute_metrics
+    from hf_crystal.evaluation.report import write_report
+
+    result = compute_metrics([_nacl(), _kcl()], [_nacl(5.5)], [_nacl()], relax=False, progress=False)
+    assert result.relaxed is None and result.e_hulls == []
+    assert result.rows[1]["novel"] is True and result.rows[0]["e_hull"] is None
+    out = write_report(result, tmp_path / "out")
+    assert not (out / "relaxed.cif").exists() and not (out / "e_hull.png").exists()
+    assert json.loads((out / "metrics.json").read_text()) == result.metrics
+    assert "e_hull.png" not in (out / "report.md").read_text()
+
+
+def test_importing_the_command_loads_nothing_heavy():
+    heavy = ["torch", "scipy", "smact", "matminer", "chgnet", "pandas", "hf_crystal.evaluation.relax"]
+    code = (
+        "import sys, hf_crystal.commands.evaluate, hf_crystal.evaluation, hf_crystal.evaluation.defaults\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,4 +1,10 @@
-"""The ``hf-crystal evaluate`` subcommand: reads structure files and runs ``report.evaluate``."""
+"""The ``hf-crystal evaluate`` subcommand: reads structure files, runs ``metrics.compute_metrics`` and
+``report.write_report``.
+
+Importing this module stays cheap (no torch, scipy, SMACT, matminer, CHGNet or pandas): the relaxation
+defaults come from ``hf_crystal.evaluation.defaults`` and the evaluation modules load in ``run_evaluate``.
+An interrupted run loses no relaxation (see ``hf_crystal.evaluation.report``): rerun the same command.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from hf_crystal.evaluation.relax import DEFAULT_BATCH_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_OPTIMIZER
+from hf_crystal.evaluation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FMAX,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-relax", action="store_true", help="skip relaxation and stability")
     p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
-    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["FIRE", "BFGS", "LBFGS", "MDMin"])
+    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
     p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
     p.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
@@ -64,8 +76,8 @@ def _read(path: str, limit: int | None, what: str):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
-    from hf_crystal.evaluation.report import evaluate
+    from hf_crystal.evaluation.metrics import compute_metrics
+    from hf_crystal.evaluation.report import write_report
 
     if args.threads:
         import torch
@@ -79,8 +91,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not reference:
         raise ValueError(f"{args.reference} holds no readable reference structures")
     hull_structures = {"reference": reference, "train": train, "both": [*reference, *train]}[args.hull_set]
+    args.out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the relaxations
     relaxer = None
     if not args.no_relax:
+        from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+
         relaxer = BatchedRelaxer(
             optimizer=args.optimizer,
             fmax=args.fmax,
@@ -88,11 +103,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cache_dir=args.cache_dir or default_cache_dir() / "relax",
         )
-    metrics = evaluate(
+    result = compute_metrics(
         samples,
         reference,
         train,
-        out_dir=args.out,
         sample_ids=ids,
         n_unreadable=len(skipped),
         hull_entries=args.hull,
@@ -100,6 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         relaxer=relaxer,
         relax=not args.no_relax,
     )
-    print(json.dumps(metrics, indent=2))
+    write_report(result, args.out)
+    print(json.dumps(result.metrics, indent=2))
     print(f"wrote {args.out}/metrics.json, samples.csv and report.md", file=sys.stderr)
     return 0

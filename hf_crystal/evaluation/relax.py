@@ -29,19 +29,22 @@ from pymatgen.core import Lattice, Structure
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-# CHGNet's StructOptimizer.relax defaults (Deng et al. 2023): fmax in eV/Å, FIRE, 500 steps.
-DEFAULT_FMAX = 0.1
-DEFAULT_MAX_STEPS = 500
-DEFAULT_OPTIMIZER = "FIRE"
-DEFAULT_BATCH_SIZE = 16
+# CHGNet's StructOptimizer.relax defaults (Deng et al. 2023), kept in a module the command line can import
+# without loading ASE or pymatgen.
+from hf_crystal.evaluation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FMAX,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+)
+
 # A cell whose volume changes by more than this factor during relaxation is reported as blown up.
 MAX_VOLUME_RATIO = 8.0
 # Below this volume per atom (real solids have > 4 Å^3) a structure is not relaxed: CHGNet's neighbour
 # lists grow as 1 / volume and a collapsed generated cell would exhaust memory.
 MIN_VOLUME_PER_ATOM = 1.0
-# ASE optimizers that only evaluate at the current positions inside step() (no line search), so their
-# force calls can be served from the batched prediction.
-_OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "MDMin")
+_OPTIMIZERS = OPTIMIZERS  # see hf_crystal.evaluation.defaults
 
 
 class RelaxationError(RuntimeError):
