@@ -31,6 +31,9 @@ class MissingDefaultModel:
     def __init__(self, task: str):
         self.task = task
 
+    def __contains__(self, key) -> bool:  # `register_pipeline` asks whether this is already {"model": ...}
+        return False
+
     def __iter__(self):
         raise ValueError(
             f'pipeline("{self.task}") needs a model: pass model="USER/REPO" or a local folder (a causal LM '

@@ -5,8 +5,7 @@ every element symbol (SPEC 2) and every word of the task prompts (SPEC 3). A reg
 text into exactly these pieces (words and element symbols longest first, then single characters) and
 a WordLevel model maps each piece to its id; the Fuse decoder glues pieces back without spaces, so
 ``decode(encode(text)) == text`` for every ASCII text, prompts and crystals included. Digits are
-single tokens (as LLaMA splits numbers), and so are ".", "-", " " and "\\n", which is what
-constrained decoding needs: `crystal_token_ids` lists them. No BOS is added by default (prompts begin
+single tokens (as LLaMA splits numbers), and so are ".", "-", " " and "\\n". No BOS is added by default (prompts begin
 with a fixed header); characters outside ASCII become the unknown token.
 """
 
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -31,10 +29,9 @@ from hf_crystal.text import ELEMENT_SYMBOLS
 
 __all__ = [
     "SPECIAL_TOKENS",
-    "CrystalTokenIds",
     "build_crystal_tokenizer",
-    "crystal_token_ids",
     "crystal_vocabulary",
+    "prepare_for_batched_generation",
 ]
 
 #: Special tokens by role; the pad token has id 0.
@@ -86,39 +83,8 @@ def build_crystal_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-@dataclass(frozen=True)
-class CrystalTokenIds:
-    """Ids of the single tokens crystal text is made of (for constrained decoding)."""
-
-    elements: dict[str, int]
-    digits: dict[str, int]
-    dot: int
-    minus: int
-    space: int
-    newline: int
-    eos: int
-
-
-def crystal_token_ids(tokenizer: PreTrainedTokenizerBase) -> CrystalTokenIds:
-    """The ids of element symbols, digits, ".", "-", " ", "\\n" and EOS in `tokenizer`.
-
-    Raises ValueError when one of them is not a single token (e.g. a BPE tokenizer such as LLaMA's).
-    """
-
-    def single(text: str) -> int:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1 or tokenizer.decode(ids) != text:
-            raise ValueError(f"{text!r} is not a single token of {type(tokenizer).__name__} (ids {ids})")
-        return ids[0]
-
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token")
-    return CrystalTokenIds(
-        elements={s: single(s) for s in ELEMENT_SYMBOLS},
-        digits={d: single(d) for d in string.digits},
-        dot=single("."),
-        minus=single("-"),
-        space=single(" "),
-        newline=single("\n"),
-        eos=tokenizer.eos_token_id,
-    )
+def prepare_for_batched_generation(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Left padding (a batch continues every prompt at the same column) and a pad token (EOS if none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token

@@ -1,4 +1,5 @@
-"""pipeline("crystal-generation") on tiny random models: outputs, constraints, batching, infill, adapters, CLI."""
+"""pipeline("crystal-generation") and pipeline("crystal-infill") on tiny random models: outputs, nesting,
+constraints, batching, infill, adapters, the generate command."""
 
 from __future__ import annotations
 
@@ -33,14 +34,18 @@ def pipe(tiny_model):
     return pipeline("crystal-generation", model=str(tiny_model))
 
 
+@pytest.fixture(scope="module")
+def infill(tiny_model):
+    return pipeline("crystal-infill", model=str(tiny_model))
+
+
 def test_unconstrained_garbage_comes_back_with_errors(pipe):
     samples = pipe(6, constrain=False, max_new_tokens=30, seed=0, batch_size=3)
     assert len(samples) == 6
     for sample in samples:
-        assert set(sample) >= {"text", "structure", "cif", "valid", "error", "conditions"}
-        assert sample["structure"] is None and sample["cif"] is None and sample["valid"] is False
+        assert set(sample) == {"text", "structure", "valid", "error", "conditions", "attempts"}
+        assert sample["structure"] is None and sample["valid"] is False and sample["attempts"] == 1
         assert isinstance(sample["error"], str) and sample["error"]
-    assert pipe.last_run == {"requested": 6, "generated": 6, "parsed": 0, "valid": 0}
 
 
 def test_constrained_samples_all_decode(pipe):
@@ -49,7 +54,6 @@ def test_constrained_samples_all_decode(pipe):
     for sample in samples:
         assert decode(sample["text"]) == sample["structure"]
         assert 1 <= len(sample["structure"]) <= 4
-        assert sample["cif"].startswith("# generated using pymatgen")
 
 
 def test_formula_fixes_the_composition(pipe):
@@ -79,7 +83,7 @@ def test_prompts_are_built_as_in_training(pipe, monkeypatch):
     conditions = [{"formula": "NaCl", "band_gap": 1.23456}, {"spacegroup": 225, "e_above_hull": 0.0}, {}]
     out = pipe(conditions, num_return_sequences=2, max_new_tokens=5, constrain=False, batch_size=3)
     assert [len(group) for group in out] == [2, 2, 2]
-    assert sorted(seen) == sorted(generation_prompt(c) for c in conditions for _ in range(2))
+    assert sorted(seen) == sorted(generation_prompt(c) for c in conditions)
 
 
 @pytest.mark.parametrize("constrain", [True, False])
@@ -100,21 +104,88 @@ def test_seed_makes_sampling_reproducible(pipe):
 def test_until_valid_resamples_and_reports(pipe):
     samples = pipe(3, constrain=False, max_new_tokens=10, until_valid=True, max_attempts=3, batch_size=3)
     assert all(s["attempts"] == 3 and not s["valid"] for s in samples)
-    assert pipe.last_run["generated"] == 9 and pipe.last_run["valid"] == 0
 
 
-def test_infill_gives_element_probabilities(pipe):
-    answer = pipe(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
+def test_until_valid_stops_resampling_valid_slots(pipe):
+    samples = pipe(8, max_sites=3, until_valid=True, max_attempts=4, seed=0, batch_size=8)
+    assert all(1 <= s["attempts"] <= 4 for s in samples)
+    assert all(s["valid"] for s in samples if s["attempts"] < 4)  # a slot ends early only when valid
+
+
+@pytest.mark.parametrize("constrain", [True, False])
+@pytest.mark.parametrize("at", ["construction", "call"])
+def test_num_return_sequences_nesting(tiny_model, constrain, at):
+    kwargs = {"constrain": constrain, "max_sites": 3, "seed": 0}
+    if not constrain:
+        kwargs["max_new_tokens"] = 12
+    if at == "construction":
+        pipe = pipeline("crystal-generation", model=str(tiny_model), num_return_sequences=3)
+    else:
+        pipe = pipeline("crystal-generation", model=str(tiny_model))
+        kwargs["num_return_sequences"] = 3
+    single = pipe({"formula": "NaCl"}, **kwargs)
+    assert len(single) == 3 and all(isinstance(s, dict) and s["conditions"] for s in single)
+    grouped = pipe([{"formula": "NaCl"}, {}, {"spacegroup": 225}], batch_size=2, **kwargs)
+    assert [len(g) for g in grouped] == [3, 3, 3]
+    assert [g[0]["conditions"] for g in grouped] == [{"formula": "Na1Cl1"}, {}, {"spacegroup": 225}]
+    for sample in (s for group in grouped for s in group):  # separate samples, never glued into one text
+        if constrain:
+            assert len(sample["structure"]) <= 3
+        else:
+            assert len(pipe.tokenizer(sample["text"], add_special_tokens=False)["input_ids"]) <= 12
+    if constrain:
+        assert all(s["structure"].composition == Composition("NaCl") for s in grouped[0])
+        assert len({s["text"] for s in grouped[1]}) == 3
+    assert len(pipe(2, **kwargs)) == 6  # an int: N prompts, flat
+
+
+def test_no_model_gives_a_clear_error():
+    with pytest.raises(ValueError, match="needs a model: pass model="):
+        pipeline("crystal-generation")
+    with pytest.raises(ValueError, match="hf-crystal train"):
+        pipeline("crystal-infill")
+
+
+def test_infill_ranks_candidates_without_the_masked_element(infill):
+    answer = infill(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
     probabilities = [c["probability"] for c in answer["candidates"]]
     assert answer["masked_element"] == "N"
-    assert {c["element"] for c in answer["candidates"]} == set(ELEMENT_SYMBOLS)
+    assert {c["element"] for c in answer["candidates"]} == set(ELEMENT_SYMBOLS) - {"N"}
     assert abs(sum(probabilities) - 1) < 1e-4 and probabilities == sorted(probabilities, reverse=True)
-    top = pipe(rocksalt().to(fmt="cif"), mask_element="Na", num_candidates=3, return_structures=True)
-    assert len(top["candidates"]) == 3
+    with_masked = infill(sodium_nitride(), mask_element="N", exclude_masked=False, num_candidates=200)
+    assert len(with_masked["candidates"]) == len(ELEMENT_SYMBOLS)
+    top = infill(rocksalt().to(fmt="cif"), mask_element="Na", num_candidates=3, return_structures=True)
+    assert len(top["candidates"]) == 3 and "Na" not in {c["element"] for c in top["candidates"]}
     for candidate in top["candidates"]:
         assert candidate["structure"].composition == Composition({candidate["element"]: 4, "Cl": 4}) or (
             candidate["element"] == "Cl" and candidate["structure"].composition == Composition("Cl8")
         )
+
+
+def test_infill_candidates_and_batches(infill):
+    few = infill(rocksalt(), mask_element="Na", candidates=["K", "Li", "Na"])
+    assert {c["element"] for c in few["candidates"]} == {"K", "Li"}
+    assert abs(sum(c["probability"] for c in few["candidates"]) - 1) < 1e-5
+    full = infill(rocksalt(), mask_element="Na", num_candidates=200)
+    ratio = dict((c["element"], c["probability"]) for c in full["candidates"])
+    assert few["candidates"][0]["probability"] / few["candidates"][1]["probability"] == pytest.approx(
+        ratio[few["candidates"][0]["element"]] / ratio[few["candidates"][1]["element"]], rel=1e-4
+    )
+    one = [infill(s, mask_element="Na") for s in (rocksalt(), sodium_nitride())]
+    batched = infill([rocksalt(), sodium_nitride()], mask_element="Na", batch_size=2)
+    assert [a["candidates"][0]["element"] for a in one] == [b["candidates"][0]["element"] for b in batched]
+    assert [a["candidates"][0]["probability"] for a in one] == pytest.approx(
+        [b["candidates"][0]["probability"] for b in batched], rel=1e-4
+    )
+
+
+def test_infill_errors(infill):
+    with pytest.raises(ValueError, match="mask_element"):
+        infill(rocksalt())
+    with pytest.raises(ValueError, match="unknown"):
+        infill(rocksalt(), mask_element="Na", candidates=["Kk"])
+    with pytest.raises(TypeError, match="Structures or CIF"):
+        infill(3, mask_element="Na")
 
 
 def test_llama_style_bpe_tokenizer(tmp_path):
@@ -127,7 +198,8 @@ def test_llama_style_bpe_tokenizer(tmp_path):
     assert all(decode(s["text"]) == s["structure"] for s in samples)
     fixed = bpe({"formula": "Na3N"}, num_return_sequences=8, seed=1, batch_size=8)
     assert {s["structure"].composition for s in fixed} == {Composition("Na3N")}
-    answer = bpe(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
+    infill = pipeline("crystal-infill", model=bpe.model, tokenizer=bpe.tokenizer)
+    answer = infill(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
     assert abs(sum(c["probability"] for c in answer["candidates"]) - 1) < 1e-4
 
 
@@ -144,7 +216,7 @@ def test_constrained_budget_fits_the_largest_crystal(pipe, monkeypatch):
 
 
 def test_bad_inputs_raise_typed_errors(pipe):
-    with pytest.raises(ValueError, match="mask_element"):
+    with pytest.raises(TypeError, match="crystal-infill"):
         pipe(rocksalt())
     with pytest.raises(ValueError, match="unknown conditions"):
         pipe({"colour": "red"})

@@ -11,7 +11,6 @@ from hf_crystal.text import ELEMENT_SYMBOLS, encode
 from hf_crystal.tokenization import (
     SPECIAL_TOKENS,
     build_crystal_tokenizer,
-    crystal_token_ids,
     crystal_vocabulary,
 )
 
@@ -85,24 +84,8 @@ def test_unknown_characters_become_unk(tokenizer):
     assert tokenizer.tokenize("4.2 Å") == ["4", ".", "2", " ", "<unk>"]
 
 
-def test_crystal_token_ids(tokenizer):
-    ids = crystal_token_ids(tokenizer)
-    assert set(ids.elements) == set(ELEMENT_SYMBOLS)
-    assert (
-        len({*ids.elements.values(), *ids.digits.values(), ids.dot, ids.minus, ids.space, ids.newline})
-        == 118 + 10 + 4
-    )
-    assert tokenizer.decode([ids.elements["Na"], ids.newline, ids.digits["0"], ids.dot]) == "Na\n0."
-    assert ids.eos == tokenizer.eos_token_id
-
-
-def test_crystal_token_ids_rejects_a_tokenizer_without_single_element_tokens():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = {c: i for i, c in enumerate(["<unk>", "</s>", *string.printable])}
-    backend = Tokenizer(models.WordLevel(chars, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    per_char = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
-    with pytest.raises(ValueError, match="not a single token"):
-        crystal_token_ids(per_char)
+def test_crystal_characters_are_single_tokens(tokenizer):
+    pieces = [*ELEMENT_SYMBOLS, *string.digits, ".", "-", " ", "\n"]
+    ids = [tokenizer.encode(piece, add_special_tokens=False) for piece in pieces]
+    assert all(len(i) == 1 for i in ids)
+    assert len({i[0] for i in ids}) == len(pieces)

@@ -1,0 +1,172 @@
+"""`pipeline("crystal-infill")`: which element should replace a masked one (Gruver et al.'s infill task).
+
+As `fill-mask` sits beside `text-generation`, this task sits beside "crystal-generation": the input is
+a structure (a `Structure` or CIF text, or a list of them) and the element whose sites are masked; the
+model scores every candidate element as the completion "symbol + EOS" of the infill prompt (one
+forward pass per prompt over all candidates), and the answer ranks the candidates by probability,
+normalised over the candidates. The masked element itself is left out unless asked for.
+
+Output per structure: `{"masked_element": str, "candidates": [{"element", "probability"[, "structure"]}]}`,
+best first, with the substituted structure when `return_structures=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pymatgen.core import Structure
+from transformers import Pipeline
+
+from hf_crystal import prompts
+from hf_crystal.text import ELEMENT_SYMBOLS, encode
+from hf_crystal.tokenization import prepare_for_batched_generation
+
+__all__ = ["CrystalInfillPipeline"]
+
+DEFAULT_NUM_CANDIDATES = 10
+
+
+class CrystalInfillPipeline(Pipeline):
+    """Rank replacement elements for a masked element of a structure (see module docstring).
+
+    Call parameters (also accepted at construction):
+        mask_element: the element whose sites are masked (required).
+        candidates: the element symbols to rank (default: all 118).
+        exclude_masked: leave the masked element out of the candidates (default True).
+        num_candidates: how many of the best candidates to return (default 10).
+        return_structures: add each candidate's substituted structure (default False).
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        prepare_for_batched_generation(self.tokenizer)
+
+    def _sanitize_parameters(
+        self,
+        mask_element=None,
+        candidates=None,
+        exclude_masked=None,
+        num_candidates=None,
+        return_structures=None,
+    ):
+        preprocess = {}
+        for key, value in (("mask_element", mask_element), ("candidates", candidates)):
+            if value is not None:
+                preprocess[key] = value
+        if exclude_masked is not None:
+            preprocess["exclude_masked"] = exclude_masked
+        postprocess = {}
+        if num_candidates is not None:
+            postprocess["num_candidates"] = num_candidates
+        if return_structures is not None:
+            postprocess["return_structures"] = return_structures
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs: Structure | str | list[Structure | str], **kwargs):
+        """Rank candidates for one structure (a dict) or a list of structures (a list of dicts)."""
+        if isinstance(inputs, list):
+            return super().__call__([_structure(item) for item in inputs], **kwargs)
+        return super().__call__(_structure(inputs), **kwargs)
+
+    def preprocess(
+        self,
+        structure: Structure,
+        mask_element: str | None = None,
+        candidates: Sequence[str] | None = None,
+        exclude_masked: bool = True,
+    ) -> dict:
+        if mask_element is None:
+            raise ValueError("crystal-infill needs mask_element=, the element whose sites are masked")
+        symbols = list(ELEMENT_SYMBOLS if candidates is None else candidates)
+        unknown = sorted(set(symbols) - set(ELEMENT_SYMBOLS))
+        if unknown:
+            raise ValueError(f"candidates must be element symbols; unknown: {unknown}")
+        if exclude_masked:
+            symbols = [s for s in symbols if s != mask_element]
+        if not symbols:
+            raise ValueError("no candidate element left to rank")
+        prompt = prompts.infill_prompt(prompts.mask_element(encode(structure), mask_element))
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "candidates": symbols,
+            "structure": structure,
+            "mask_element": mask_element,
+        }
+
+    def _forward(self, model_inputs: dict) -> dict:
+        """log p(symbol + EOS | prompt) of each candidate, one forward pass per prompt: (batch, n_candidates)."""
+        candidate_lists = model_inputs["candidates"]
+        if not isinstance(candidate_lists[0], list):  # an unbatched input
+            candidate_lists = [candidate_lists]
+        rows = []
+        for ids, mask, symbols in zip(
+            model_inputs["input_ids"], model_inputs["attention_mask"], candidate_lists, strict=True
+        ):
+            rows.append(self._score(ids[mask.bool()], symbols))
+        width = max(len(r) for r in rows)
+        scores = torch.full((len(rows), width), -torch.inf)
+        for i, row in enumerate(rows):
+            scores[i, : len(row)] = row
+        return {
+            "log_probs": scores,
+            "candidates": model_inputs["candidates"],
+            "structure": model_inputs["structure"],
+            "mask_element": model_inputs["mask_element"],
+        }
+
+    def _score(self, prompt: torch.Tensor, symbols: list[str]) -> torch.Tensor:
+        completions = [self._completion_ids(s) for s in symbols]
+        width = max(len(c) for c in completions)
+        seq = torch.full(
+            (len(completions), len(prompt) + width), self.tokenizer.pad_token_id, dtype=torch.long
+        )
+        attention = torch.zeros_like(seq)
+        seq[:, : len(prompt)] = prompt
+        attention[:, : len(prompt)] = 1
+        for i, ids in enumerate(completions):
+            seq[i, len(prompt) : len(prompt) + len(ids)] = torch.tensor(ids)
+            attention[i, len(prompt) : len(prompt) + len(ids)] = 1
+        logits = self.model(input_ids=seq.to(self.device), attention_mask=attention.to(self.device)).logits
+        log_probs = torch.log_softmax(logits[:, len(prompt) - 1 : -1].float(), dim=-1).cpu()
+        token_lp = log_probs.gather(-1, seq[:, len(prompt) :].unsqueeze(-1)).squeeze(-1)
+        return (token_lp * attention[:, len(prompt) :]).sum(-1)
+
+    def _completion_ids(self, symbol: str) -> list[int]:
+        """Token ids of `symbol` then EOS, as tokenized after the prompt's closing newline."""
+        prefix = self.tokenizer(":\n", add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(":\n" + symbol, add_special_tokens=False)["input_ids"]
+        return [*(ids[len(prefix) :] if ids[: len(prefix)] == prefix else ids), self.tokenizer.eos_token_id]
+
+    def postprocess(
+        self,
+        model_outputs: dict,
+        num_candidates: int = DEFAULT_NUM_CANDIDATES,
+        return_structures: bool = False,
+    ) -> dict:
+        symbols, structure, masked = (model_outputs[k] for k in ("candidates", "structure", "mask_element"))
+        probs = torch.softmax(model_outputs["log_probs"].reshape(-1)[: len(symbols)], dim=0)
+        ranked = []
+        for i in torch.argsort(probs, descending=True)[:num_candidates].tolist():
+            candidate = {"element": symbols[i], "probability": float(probs[i])}
+            if return_structures:
+                substituted = structure.copy()
+                substituted.replace_species({masked: symbols[i]})
+                candidate["structure"] = substituted
+            ranked.append(candidate)
+        return {"masked_element": masked, "candidates": ranked}
+
+
+def _structure(item: Structure | str) -> Structure:
+    if isinstance(item, Structure):
+        return item
+    if isinstance(item, str):
+        return Structure.from_str(item, fmt="cif")
+    raise TypeError(f"crystal-infill takes Structures or CIF text, got {type(item).__name__}")
