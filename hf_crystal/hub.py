@@ -136,7 +136,7 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 def read_metrics(metrics: str | Path | Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
     """(metric name -> number, context) from a metrics JSON file or mapping.
 
-    Either the flat ``metrics.json`` of `hf_crystal.evaluation.report.evaluate` (counts such as
+    Either the flat ``metrics.json`` of `hf-crystal evaluate` (`compute_metrics`) (counts such as
     ``n_samples`` and the ``hull`` used are context, not metrics), or
     ``{"metrics": {...}, "dataset": name or {"name", "type", "split"}, "n_samples": n, "note": s}``.
     Nested mappings become "outer/inner" names; anything that is not a finite number (None, NaN,

@@ -20,7 +20,7 @@ __all__ = ["UsageError", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-crystal",
-        description="Crystal structures as text: build datasets, train, generate, refine and evaluate.",
+        description="Crystal structures as text: build datasets, train, generate and evaluate.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dataset.add_parser(commands)

@@ -12,9 +12,8 @@ __all__ = ["add_parser"]
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
-    from transformers import pipeline
+    from transformers import pipeline  # registers the hf_crystal tasks on import (hf_crystal.registration)
 
-    import hf_crystal.pipeline_crystal  # noqa: F401  (registers the task)
     from hf_crystal.data import SampleWriter
     from hf_crystal.hub import load_crystal_model
 

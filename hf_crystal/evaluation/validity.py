@@ -6,13 +6,15 @@ assignment of oxidation states that passes the Pauling electronegativity test, w
 all-metal compositions (alloys) counted as valid. Deviation: the shortest distance also includes each
 atom's distance to its own periodic images (CDVAE's distance matrix skips it), so a cell shorter than
 0.5 Å along a lattice vector is invalid too.
+
+Light on purpose: the generation pipeline flags every sample with it, so SMACT is imported only when a
+composition is first checked.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from pymatgen.core import Composition, Structure
-from smact.screening import smact_validity
+from pymatgen.core import Composition, Lattice, Structure
 
 # CDVAE (Xie et al. 2022), eval_utils.structure_validity: thresholds for MP-20.
 MIN_INTERATOMIC_DISTANCE = 0.5  # Å
@@ -32,8 +34,6 @@ def min_interatomic_distance(structure: Structure) -> float:
 
 def _shortest_lattice_vector(matrix: np.ndarray) -> float:
     """Length of the shortest non-zero lattice vector (search over a small integer box on the LLL basis)."""
-    from pymatgen.core import Lattice
-
     reduced = Lattice(matrix).get_lll_reduced_lattice().matrix
     rng = np.arange(-2, 3)
     ijk = np.array(np.meshgrid(rng, rng, rng, indexing="ij")).reshape(3, -1).T
@@ -59,6 +59,8 @@ def composition_validity(composition: Composition | Structure) -> bool:
     composition = Composition(composition).element_composition
     if len(composition.elements) == 1:
         return True
+    from smact.screening import smact_validity
+
     counts = composition.get_el_amt_dict()
     if any(abs(v - round(v)) > 1e-6 for v in counts.values()):
         # Partial occupancies have no integer stoichiometry to balance.
