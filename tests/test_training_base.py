@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_crystal.commands import main
 from hf_crystal.prompts import generation_prompt
-from hf_crystal.tokenization import crystal_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +17,19 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
     data = crystal_dataset(tmp / "data")
     out = tmp / "model"
-    argv = ["train", "base", "--preset", "tiny", "--dataset", str(data), "--output-dir", str(out)]
-    argv += ["--max-steps", "3", "--batch-size", "2", "--logging-steps", "1", "--save-steps", "2"]
-    argv += ["--dataset-id", "tester/crystal-text", "--license", "mit", "--sft", "weight_decay=0.01"]
-    assert main(argv) == 0
+    argv = ["train", "base", "--preset", "tiny", "--dataset", str(data), "--output_dir", str(out)]
+    argv += [
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+    ]
+    argv += ["--dataset_id", "tester/crystal-text", "--license", "mit", "--weight_decay", "0.01"]
+    assert main(argv) == 0  # any SFTConfig flag (here weight_decay) goes straight to the trainer
     return out
 
 
@@ -46,7 +54,7 @@ def test_loads_with_auto_classes_and_generates(trained):
     assert model.config.model_type == "llama" and 0.5e6 < model.num_parameters() < 1.5e6
     assert model.config.vocab_size == len(tokenizer)
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
-    assert crystal_token_ids(tokenizer).newline is not None
+    assert len(tokenizer("\n", add_special_tokens=False)["input_ids"]) == 1  # the crystal tokenizer
     inputs = tokenizer(generation_prompt({"formula": "NaCl"}), return_tensors="pt")
     torch.manual_seed(0)
     output = model.generate(**inputs, max_new_tokens=8)
@@ -63,13 +71,15 @@ def test_card_metadata(trained):
     assert "crystal-generation" in metadata["tags"]
     assert metadata["hyperparameters"]["preset"] == "tiny"
     assert metadata["hyperparameters"]["max_steps"] == 3
+    assert metadata["hyperparameters"]["learning_rate"] == 1e-3  # the base default, not TRL's 2e-5
     assert "base_model" not in metadata and "model-index" not in metadata  # nothing measured, nothing shown
     assert "| optimizer steps | 3 |" in text
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
-    assert main(["train", "base", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == 2
-    assert main(["train", "base", "--dataset", "d", "--output-dir", str(tmp_path), "--resume"]) == 2
+    assert main(["train", "base", "--dataset", str(tmp_path / "missing"), "--output_dir", str(tmp_path)]) == 2
+    assert main(["train", "base", "--dataset", "d", "--output_dir", str(tmp_path), "--resume"]) == 2
+    assert main(["train", "base", "--dataset", "d", "--output_dir", "o", "--sft", "bf16=true"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(line.startswith("hf-crystal: error:") for line in errors)
-    assert "nothing to resume" in errors[1]
+    assert len(errors) == 3 and all(line.startswith("hf-crystal: error:") for line in errors)
+    assert "nothing to resume" in errors[1] and "--sft" in errors[2]

@@ -1,28 +1,34 @@
-"""Training configuration, task data with fresh augmentation per epoch, trainer arguments (no training here)."""
+"""Option parsing (TrlParser over script arguments, SFTConfig, ModelConfig), task data with fresh
+augmentation per epoch, trainer arguments (no training here)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from factories import structures
 from training_helpers import crystal_dataset
+from trl import get_peft_config
 
-from hf_crystal.prompts import TaskMix
+from hf_crystal.commands import main as cli
+from hf_crystal.prompts import CONDITIONS, TaskMix
 from hf_crystal.text import decode
-from hf_crystal.training.base import BaseTrainingConfig
+from hf_crystal.training import base, lora
 from hf_crystal.training.common import (
     TrainingConfigError,
     epochs_to_draw,
     load_task_structures,
     resume_checkpoint,
-    sft_config,
     task_dataset,
+    trainer_args,
 )
-from hf_crystal.training.lora import LoraTrainingConfig
 from hf_crystal.training.presets import MODEL_PRESETS, llama_config
 
-CONFIGS = Path(__file__).parents[1] / "training" / "configs"
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "training" / "configs"
 SMALL = [s for s in structures().values() if len(s) <= 16]
+REQUIRED = ["--dataset", "d", "--output_dir", "o"]
 
 
 def _lattice_a(completion: str) -> float:
@@ -54,97 +60,208 @@ def test_task_dataset_is_a_function_of_the_seed():
 
 
 def test_load_task_structures_reads_conditions_from_columns(tmp_path):
-    folder = crystal_dataset(tmp_path / "data")
-    config = BaseTrainingConfig.load(
-        dataset=str(folder),
-        output_dir=str(tmp_path / "out"),
-        property_columns={"formation_energy_per_atom": "e_above_hull"},
+    folder = str(crystal_dataset(tmp_path / "data"))
+    argv = ["--dataset", folder, "--output_dir", str(tmp_path / "out")]
+    script_args, _, _ = base.parse_args(
+        [*argv, "--property_columns", '{"formation_energy_per_atom": "e_above_hull"}']
     )
-    structures_, properties = load_task_structures(config)
+    structures_, properties = load_task_structures(script_args)
     assert len(structures_) == len(SMALL)
     assert set(properties[0]) == {"spacegroup", "e_above_hull", "formation_energy_per_atom", "band_gap"}
     assert all(p["formation_energy_per_atom"] == p["e_above_hull"] for p in properties)
-    missing = BaseTrainingConfig.load(
-        dataset=str(folder), output_dir="x", property_columns={"band_gap": "no_such_column"}
-    )
+    missing, _, _ = base.parse_args([*argv, "--property_columns", '{"band_gap": "no_such_column"}'])
     with pytest.raises(TrainingConfigError, match="no_such_column"):
         load_task_structures(missing)
     with pytest.raises(TrainingConfigError, match="cannot load split"):
-        load_task_structures(BaseTrainingConfig.load(dataset=str(folder), output_dir="x", train_split="test"))
+        load_task_structures(base.parse_args([*argv, "--train_split", "test"])[0])
 
 
-def test_config_from_yaml_with_overrides(tmp_path):
-    yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text(
-        "model: org/base\nepochs: 3\nsft:\n  weight_decay: 0.1\n  logging_first_step: false\n"
+def test_config_less_lora_parse_carries_the_paper_defaults(tmp_path):
+    script_args, args, model_args = lora.parse_args(
+        ["--model", "org/base", "--dataset", "d", "--output_dir", "o"]
     )
-    config = LoraTrainingConfig.load(
-        yaml_file, dataset="d", output_dir="o", epochs=None, lora_r=16, sft={"weight_decay": 0.2}
+    assert model_args.model_name_or_path == "org/base" and model_args.use_peft is True
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (8, 32, 0.05)
+    assert model_args.lora_target_modules == ["q_proj", "v_proj"]
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (1e-4, "cosine", 100)
+    assert (args.per_device_train_batch_size, args.max_length, args.completion_only_loss) == (1, 2048, True)
+    assert args.num_train_epochs == 1 and args.train_sampling_strategy == "sequential"
+    assert args.output_dir == "o" and not args.push_to_hub
+    assert (
+        script_args.epochs == 10 and script_args.conditions == list(CONDITIONS) and script_args.resume is None
     )
-    assert (config.model, config.epochs, config.lora_r) == ("org/base", 3, 16)
-    assert config.sft == {"weight_decay": 0.2, "logging_first_step": False}  # merged, the flag wins
-    assert (config.lora_alpha, config.lora_dropout, config.target_modules) == (32, 0.05, ["q_proj", "v_proj"])
-    assert config.base_hub_id == "org/base"
-    with pytest.raises(TrainingConfigError, match="unknown options"):
-        LoraTrainingConfig.load(yaml_file, dataset="d", output_dir="o", lora_rank=4)
-    with pytest.raises(TrainingConfigError, match="'output_dir' is required"):
-        LoraTrainingConfig.load(yaml_file, dataset="d")
-    with pytest.raises(TrainingConfigError, match="unknown conditions"):
-        BaseTrainingConfig.load(dataset="d", output_dir="o", conditions=["colour"])
+    if not torch.cuda.is_available():
+        assert args.use_cpu and not args.bf16 and not args.activation_checkpointing
+    peft_config = get_peft_config(model_args)
+    assert (peft_config.r, peft_config.lora_alpha, set(peft_config.target_modules)) == (
+        8,
+        32,
+        {"q_proj", "v_proj"},
+    )
+
+
+def test_base_parse_carries_the_base_defaults():
+    script_args, args, model_args = base.parse_args(REQUIRED)
+    assert (script_args.preset, script_args.model_overrides, script_args.epochs) == ("small", {}, 10)
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (1e-3, "cosine", 100)
+    assert (args.per_device_train_batch_size, args.max_length) == (16, 1024)
+    assert args.activation_checkpointing is False and args.completion_only_loss is True
+    assert not model_args.use_peft
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_config_with_overriding_flags(tmp_path):
+    config = _write(
+        tmp_path / "c.yaml",
+        "model_name_or_path: org/base\nepochs: 3\nlearning_rate: 2.0e-4\nlora_r: 4\nlora_target_modules: [q_proj]\n"
+        "weight_decay: 0.1\nlogging_first_step: false\ncompletion_only_loss: false\n",
+    )
+    script_args, args, model_args = lora.parse_args(
+        [
+            "--config",
+            config,
+            *REQUIRED,
+            "--learning_rate",
+            "3e-4",
+            "--lora_r",
+            "16",
+            "--bf16",
+            "--eval_strategy",
+            "steps",
+        ]
+    )
+    assert (args.learning_rate, model_args.lora_r) == (3e-4, 16)  # the flags win
+    assert (script_args.epochs, args.weight_decay, args.logging_first_step) == (
+        3,
+        0.1,
+        False,
+    )  # from the YAML
+    assert args.completion_only_loss is False and args.bf16 is True and args.eval_strategy.value == "steps"
+    assert (model_args.model_name_or_path, model_args.lora_alpha) == ("org/base", 32)  # untouched default
+    assert lora.peft_config(model_args).target_modules == {"q_proj"}  # one name, not a regex
+    assert lora.base_hub_id(script_args, model_args) == "org/base"
+
+    config = _write(
+        tmp_path / "b.yaml", "preset: tiny\nmodel_overrides: {num_hidden_layers: 2}\nsave_steps: 7\n"
+    )
+    script_args, args, _ = base.parse_args(
+        ["--config", config, *REQUIRED, "--save_steps", "9", "--seed", "3"]
+    )
+    assert (script_args.preset, script_args.model_overrides) == ("tiny", {"num_hidden_layers": 2})
+    assert (args.save_steps, args.seed) == (9, 3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "d"], "required: --output_dir"),
+        ([*REQUIRED], "the base is required: --model"),
+        ([*REQUIRED, "--model", "m", "--lora_rank", "4"], "--lora_rank"),
+        ([*REQUIRED, "--model", "m", "--conditions", "colour"], "unknown conditions"),
+        ([*REQUIRED, "--model", "m", "--num_train_epochs", "3"], "set --epochs instead"),
+        ([*REQUIRED, "--model", "m", "--use_peft", "false"], "use_peft must stay true"),
+        ([*REQUIRED, "--model", "m", "--lora_r", "x"], "invalid int value"),
+        ([*REQUIRED, "--model", "m", "--property_columns", "band_gap=bg"], "JSON object"),
+        ([*REQUIRED, "--model", "m", "--config", "no/such.yaml"], "cannot read the config"),
+    ],
+)
+def test_lora_mistakes_are_training_config_errors(argv, message):
+    with pytest.raises(TrainingConfigError, match=message):
+        lora.parse_args(argv)
+
+
+def test_old_yaml_keys_and_lora_options_on_base_are_rejected(tmp_path):
+    old = _write(tmp_path / "old.yaml", "target_modules: [q_proj]\nsft:\n  bf16: true\n")
+    with pytest.raises(TrainingConfigError, match="target_modules"):
+        lora.parse_args(["--config", old, *REQUIRED, "--model", "m"])
+    with pytest.raises(TrainingConfigError, match="lora_r"):
+        base.parse_args([*REQUIRED, "--lora_r", "4"])
 
 
 def test_local_base_needs_a_hub_id_to_push(tmp_path):
-    with pytest.raises(TrainingConfigError, match="--base-model-id"):
-        LoraTrainingConfig.load(model=str(tmp_path), dataset="d", output_dir="o", push_to_hub="me/adapter")
-    config = LoraTrainingConfig.load(
-        model=str(tmp_path), base_model_id="org/base", dataset="d", output_dir="o", push_to_hub="me/adapter"
-    )
-    assert config.base_hub_id == "org/base"
-    assert not config.own_tokenizer
+    argv = [*REQUIRED, "--model", str(tmp_path), "--push_to_hub", "--hub_model_id", "me/adapter"]
+    with pytest.raises(TrainingConfigError, match="--base_model_id"):
+        lora.parse_args(argv)
+    script_args, args, model_args = lora.parse_args([*argv, "--base_model_id", "org/base"])
+    assert lora.base_hub_id(script_args, model_args) == "org/base"
+    assert args.push_to_hub and args.hub_model_id == "me/adapter"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     if path.name.startswith("base"):
-        assert BaseTrainingConfig.load(path, dataset="d", output_dir="o").preset in MODEL_PRESETS
+        assert base.parse_args(["--config", str(path), *REQUIRED])[0].preset in MODEL_PRESETS
     else:
-        assert (
-            LoraTrainingConfig.load(path, dataset="d", output_dir="o", model="org/base").lora_config().r == 8
-        )
+        _, args, model_args = lora.parse_args(["--config", str(path), *REQUIRED, "--model", "org/base"])
+        assert get_peft_config(model_args).r == 8 and args.learning_rate == 1e-4
 
 
-def test_sft_config_on_cpu_and_loss_options(tmp_path):
-    config = LoraTrainingConfig.load(model="org/base", dataset="d", output_dir=str(tmp_path))
-    args = sft_config(config)
-    assert args.output_dir == str(tmp_path / "checkpoints")
-    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (1e-4, "cosine", 100)
-    assert args.num_train_epochs == 1 and args.train_sampling_strategy == "sequential"
-    assert args.completion_only_loss is True and args.max_length == 2048
-    if not torch.cuda.is_available():
-        assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
-    full = LoraTrainingConfig.load(
-        model="m", dataset="d", output_dir="o", completion_only_loss=False, sft={"weight_decay": 0.3}
+def test_trainer_args_checkpoint_in_the_subfolder_and_push_nothing(tmp_path):
+    _, args, _ = lora.parse_args(
+        [
+            "--model",
+            "m",
+            "--dataset",
+            "d",
+            "--output_dir",
+            str(tmp_path),
+            "--push_to_hub",
+            "--weight_decay",
+            "0.3",
+        ]
     )
-    assert sft_config(full).completion_only_loss is False and sft_config(full).weight_decay == 0.3
-    with pytest.raises(TrainingConfigError, match="invalid trainer options"):
-        sft_config(LoraTrainingConfig.load(model="m", dataset="d", output_dir="o", sft={"no_such": 1}))
+    run_args = trainer_args(args)
+    assert run_args.output_dir == str(tmp_path / "checkpoints") and args.output_dir == str(tmp_path)
+    assert run_args.push_to_hub is False and args.push_to_hub is True
+    assert run_args.weight_decay == 0.3 and run_args.learning_rate == 1e-4
 
 
 def test_epochs_to_draw_covers_max_steps():
-    config = BaseTrainingConfig.load(dataset="d", output_dir="o", epochs=4)
-    assert epochs_to_draw(config, sft_config(config), 10) == 4
-    config = BaseTrainingConfig.load(dataset="d", output_dir="o", max_steps=7, per_device_train_batch_size=3)
-    assert epochs_to_draw(config, sft_config(config), 10) == 3  # 21 examples from 10 structures
+    script_args, args, _ = base.parse_args([*REQUIRED, "--epochs", "4"])
+    assert epochs_to_draw(script_args, args, 10) == 4
+    script_args, args, _ = base.parse_args(
+        [*REQUIRED, "--max_steps", "7", "--per_device_train_batch_size", "3"]
+    )
+    assert epochs_to_draw(script_args, args, 10) == 3  # 21 examples from 10 structures
 
 
 def test_resume_checkpoint(tmp_path):
-    config = BaseTrainingConfig.load(dataset="d", output_dir=str(tmp_path), resume=True)
+    script_args, args, _ = base.parse_args(["--dataset", "d", "--output_dir", str(tmp_path), "--resume"])
+    assert script_args.resume == "latest"
     with pytest.raises(TrainingConfigError, match="nothing to resume"):
-        resume_checkpoint(config)
+        resume_checkpoint(script_args, args)
     for step in (2, 10):
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
-    assert resume_checkpoint(config).endswith("checkpoint-10")
-    assert resume_checkpoint(BaseTrainingConfig.load(dataset="d", output_dir="o")) is None
+    assert resume_checkpoint(script_args, args).endswith("checkpoint-10")
+    chosen = str(tmp_path / "checkpoints" / "checkpoint-2")
+    assert resume_checkpoint(*base.parse_args([*REQUIRED, "--resume", chosen])[:2]) == chosen
+    assert resume_checkpoint(*base.parse_args([*REQUIRED, "--resume_from_checkpoint", chosen])[:2]) == chosen
+    assert resume_checkpoint(*base.parse_args(REQUIRED)[:2]) is None
+
+
+def test_command_hands_the_command_line_to_trl_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["train", "lora", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "hf-crystal train lora" in out
+    assert all(
+        flag in out
+        for flag in ("--lora_r", "--learning_rate", "--eval_strategy", "--base_model_id", "--config")
+    )
+
+
+def test_command_module_imports_nothing_heavy():
+    code = (
+        "import sys, hf_crystal.commands.train\n"
+        "heavy = [m for m in ('torch', 'trl', 'transformers', 'hf_crystal.training') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_presets_sizes():

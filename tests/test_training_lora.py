@@ -13,7 +13,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hf_crystal.prompts import generation_prompt
 from hf_crystal.testing import save_tiny_llama
-from hf_crystal.training.lora import LoraTrainingConfig, train_lora
+from hf_crystal.training.lora import parse_args, train_lora
 
 STEPS = 4
 
@@ -25,7 +25,8 @@ def inputs(tmp_path_factory):
     return save_tiny_llama(tmp / "base"), crystal_dataset(tmp / "data")
 
 
-def _config(inputs, out, **kw):
+def _config(inputs, out, *argv, **kw):
+    """(script arguments, SFTConfig, ModelConfig) of a short run: flags `kw` (name: value) and `argv` on top."""
     base, data = inputs
     options = {
         "model": str(base),
@@ -39,13 +40,15 @@ def _config(inputs, out, **kw):
         "learning_rate": 1e-2,
         **kw,
     }
-    return LoraTrainingConfig.load(**options)
+    return parse_args(
+        [item for key, value in options.items() for item in (f"--{key}", str(value))] + list(argv)
+    )
 
 
 @pytest.fixture(scope="module")
 def run(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora-run") / "adapter"
-    return out, train_lora(_config(inputs, out))
+    return out, train_lora(*_config(inputs, out))
 
 
 def _losses(trainer):
@@ -97,11 +100,11 @@ class _Kill(TrainerCallback):
 def test_interrupted_run_resumes_at_the_right_step(run, inputs, tmp_path):
     out = tmp_path / "adapter"
     with pytest.raises(KeyboardInterrupt):
-        train_lora(_config(inputs, out), callbacks=[_Kill()])
+        train_lora(*_config(inputs, out), callbacks=[_Kill()])
     assert get_last_checkpoint(str(out / "checkpoints")).endswith("checkpoint-2")
     assert not (out / "adapter_model.safetensors").exists()
 
-    resumed = train_lora(_config(inputs, out, resume=True))
+    resumed = train_lora(*_config(inputs, out, "--resume"))
     assert resumed.state.global_step == STEPS
     losses = _losses(resumed)
     assert sorted(losses) == list(range(1, STEPS + 1))  # steps 1-2 from the checkpoint, 3-4 trained now
@@ -121,7 +124,7 @@ def _masked_labels(trainer) -> int:
 def test_completion_only_loss_by_default_and_full_sequence_loss_as_option(run, inputs, tmp_path):
     assert _masked_labels(run[1]) > 0  # the prompt carries no loss
     trainer = train_lora(
-        _config(inputs, tmp_path / "full", completion_only_loss=False, max_steps=1, save_steps=10)
+        *_config(inputs, tmp_path / "full", completion_only_loss=False, max_steps=1, save_steps=10)
     )
     assert _masked_labels(trainer) == 0
     assert math.isfinite(_losses(trainer)[1])
@@ -136,7 +139,7 @@ SHARED_MP20 = Path(__file__).parents[1].parent / "shared" / "data" / "mp_20" / "
 def test_a_few_steps_on_the_mp20_excerpt(inputs, tmp_path):
     """The dataset built on the fly from a CDVAE CSV, every condition column present."""
     trainer = train_lora(
-        _config(inputs, tmp_path / "mp20", dataset=str(SHARED_MP20), max_steps=3, save_steps=10)
+        *_config(inputs, tmp_path / "mp20", dataset=str(SHARED_MP20), max_steps=3, save_steps=10)
     )
     assert trainer.state.global_step == 3
     assert all(math.isfinite(v) for v in _losses(trainer).values())

@@ -11,10 +11,18 @@ from training_helpers import crystal_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_crystal.prompts import generation_prompt
-from hf_crystal.training.base import BaseTrainingConfig, train_base
-from hf_crystal.training.lora import LoraTrainingConfig, train_lora
+from hf_crystal.training import base, lora
 
-STEPS = {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 2, "logging_steps": 1}
+STEPS = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--save_steps",
+    "2",
+    "--logging_steps",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +31,8 @@ def pushed_base(hub_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("push")
     data = crystal_dataset(tmp / "data")
     repo_id = hub_server.repo_id("crystal-base")
-    train_base(
-        BaseTrainingConfig.load(
-            preset="tiny", dataset=str(data), output_dir=str(tmp / "base"), push_to_hub=repo_id, **STEPS
-        )
-    )
+    argv = ["--preset", "tiny", "--dataset", str(data), "--output_dir", str(tmp / "base"), *STEPS]
+    base.train_base(*base.parse_args([*argv, "--push_to_hub", "--hub_model_id", repo_id]))
     return repo_id, data
 
 
@@ -58,15 +63,8 @@ def _logits(model, tokenizer):
 def test_adapter_on_a_hub_base_is_pushed_and_loads_by_hub_id(pushed_base, hub_server, tmp_path):
     base_id, data = pushed_base
     adapter_id = hub_server.repo_id("crystal-adapter")
-    trainer = train_lora(
-        LoraTrainingConfig.load(
-            model=base_id,
-            dataset=str(data),
-            output_dir=str(tmp_path / "adapter"),
-            push_to_hub=adapter_id,
-            **STEPS,
-        )
-    )
+    argv = ["--model", base_id, "--dataset", str(data), "--output_dir", str(tmp_path / "adapter"), *STEPS]
+    trainer = lora.train_lora(*lora.parse_args([*argv, "--push_to_hub", "--hub_model_id", adapter_id]))
     files = _files(adapter_id)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
     assert not any(f.startswith(("tokenizer", "checkpoints/")) or f.endswith(".bin") for f in files)
@@ -89,16 +87,9 @@ def test_adapter_on_a_local_copy_records_the_hub_id(pushed_base, hub_server, tmp
     base_id, data = pushed_base
     local_base = snapshot_download(base_id, local_dir=tmp_path / "local-base")
     adapter_id = hub_server.repo_id("crystal-adapter-local")
-    train_lora(
-        LoraTrainingConfig.load(
-            model=local_base,
-            base_model_id=base_id,
-            dataset=str(data),
-            output_dir=str(tmp_path / "adapter"),
-            push_to_hub=adapter_id,
-            **{**STEPS, "max_steps": 1},
-        )
-    )
+    argv = ["--model", local_base, "--base_model_id", base_id, "--dataset", str(data)]
+    argv += ["--output_dir", str(tmp_path / "adapter"), *STEPS, "--max_steps", "1"]
+    lora.train_lora(*lora.parse_args([*argv, "--push_to_hub", "--hub_model_id", adapter_id]))
     adapter_config = json.loads(open(hf_hub_download(adapter_id, "adapter_config.json")).read())
     assert adapter_config["base_model_name_or_path"] == base_id
     assert (

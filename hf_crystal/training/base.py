@@ -1,36 +1,55 @@
 """Train a small LLaMA-architecture crystal model from scratch (full fine-tuning with TRL's SFTTrainer).
 
+Options: `BaseScriptArguments` (ours: data, task mix, preset, card), `trl.SFTConfig` (every trainer flag)
+and `trl.ModelConfig` (only `attn_implementation` applies to a model trained from scratch), read by
+`parse_args` through `trl.TrlParser`. Defaults: lr 1e-3 cosine with 100 warmup steps, batch 16, max
+length 1024, no activation checkpointing, 10 freshly augmented epochs.
+
 The output folder is Hub-shaped: config.json, model.safetensors, generation_config.json, the crystal
 tokenizer, README.md (model card); checkpoints go to its `checkpoints/` subfolder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import GenerationConfig, LlamaForCausalLM, TrainerCallback, set_seed
-from trl import SFTTrainer
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from hf_crystal.prompts import TaskMix
 from hf_crystal.tokenization import build_crystal_tokenizer
 from hf_crystal.training.common import (
-    TrainingConfig,
+    CrystalScriptArguments,
     TrainingConfigError,
     epochs_to_draw,
     finish_run,
+    hyperparameters,
+    json_dict,
     load_task_structures,
+    make_parser,
+    parse_configs,
     resume_checkpoint,
-    sft_config,
     task_dataset,
+    trainer_args,
+    validate,
 )
 from hf_crystal.training.presets import MAX_POSITION_EMBEDDINGS, MODEL_PRESETS, llama_config
 
-__all__ = ["BaseTrainingConfig", "train_base"]
+__all__ = ["BASE_DEFAULTS", "BaseScriptArguments", "main", "make_base_parser", "parse_args", "train_base"]
 
-# A usual peak learning rate for a few-million-parameter transformer trained from scratch.
-BASE_LEARNING_RATE = 1e-3
-BASE_BATCH_SIZE = 16
+#: Parser defaults of `train base` (YAML and flags override them); see also `common.COMMON_DEFAULTS`.
+BASE_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-3,  # a usual peak learning rate for a few-million-parameter transformer from scratch
+    "per_device_train_batch_size": 16,
+    "max_length": MAX_POSITION_EMBEDDINGS,
+    "gradient_checkpointing": False,  # the presets are small; `--activation_checkpointing` turns it on
+}
+# ModelConfig options that apply to a model trained from scratch; the others describe a pretrained base.
+_MODEL_OPTIONS = ("attn_implementation",)
 # Gruver et al. 2024 sampling script defaults: temperature 0.9, top_p 0.9, 500 new tokens.
 SAMPLING_TEMPERATURE = 0.9
 SAMPLING_TOP_P = 0.9
@@ -38,34 +57,76 @@ MAX_NEW_TOKENS = 500
 
 
 @dataclass
-class BaseTrainingConfig(TrainingConfig):
-    """`TrainingConfig` plus the model size: a preset name and optional `LlamaConfig` overrides."""
+class BaseScriptArguments(CrystalScriptArguments):
+    """`CrystalScriptArguments` plus the model size: a preset name and optional `LlamaConfig` overrides."""
 
-    preset: str = "small"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    learning_rate: float = BASE_LEARNING_RATE
-    per_device_train_batch_size: int = BASE_BATCH_SIZE
-    max_length: int | None = MAX_POSITION_EMBEDDINGS
-    activation_checkpointing: bool | None = False
+    preset: str = field(default="small", metadata={"help": "model size", "choices": list(MODEL_PRESETS)})
+    model_overrides: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "LlamaConfig values over the preset: JSON object, e.g. '{\"num_hidden_layers\": 8}'"
+        },
+    )
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.preset not in MODEL_PRESETS:
             raise TrainingConfigError(f"unknown preset {self.preset!r}; choose one of {list(MODEL_PRESETS)}")
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"preset": self.preset, **self.model_overrides, **super().hyperparameters()}
+        self.model_overrides = json_dict(self.model_overrides, "model_overrides")
 
 
-def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
-    """Train, save the Hub-shaped folder to `config.output_dir` and push it if asked.
+def make_base_parser(prog: str | None = None) -> TrlParser:
+    """The `TrlParser` of `train base`: (BaseScriptArguments, SFTConfig, ModelConfig) with `BASE_DEFAULTS`."""
+    return make_parser(
+        BaseScriptArguments,
+        BASE_DEFAULTS,
+        prog=prog,
+        description="Train a LLaMA-architecture causal LM from scratch on crystal text (TRL SFTTrainer).",
+    )
+
+
+def _validate(script_args: BaseScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    validate(script_args, training_args)
+    default = ModelConfig()
+    changed = [
+        f.name
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in _MODEL_OPTIONS and getattr(model_args, f.name) != getattr(default, f.name)
+    ]
+    if changed:
+        raise TrainingConfigError(
+            f"train base trains a model from scratch: {changed} apply to a pretrained base (train lora)"
+        )
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str | None = None
+) -> tuple[BaseScriptArguments, SFTConfig, ModelConfig]:
+    """(script arguments, SFTConfig, ModelConfig) from `argv` (default: sys.argv[1:]), `--config` YAML included."""
+    script_args, training_args, model_args = parse_configs(make_base_parser(prog), argv)
+    _validate(script_args, training_args, model_args)
+    return script_args, training_args, model_args
+
+
+def train_base(
+    script_args: BaseScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> SFTTrainer:
+    """Train, save the Hub-shaped folder to `training_args.output_dir` and push it if asked.
 
     Returns the trainer: `trainer.model` is the trained model, `trainer.state` its log.
     """
+    model_args = model_args or ModelConfig()
+    _validate(script_args, training_args, model_args)
     tokenizer = build_crystal_tokenizer()
     tokenizer.model_max_length = MAX_POSITION_EMBEDDINGS
-    set_seed(config.seed)
-    model = LlamaForCausalLM(llama_config(config.preset, tokenizer, **config.model_overrides))
+    set_seed(training_args.seed)
+    overrides = dict(script_args.model_overrides)
+    if model_args.attn_implementation:
+        overrides.setdefault("attn_implementation", model_args.attn_implementation)
+    model = LlamaForCausalLM(llama_config(script_args.preset, tokenizer, **overrides))
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -75,19 +136,18 @@ def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | No
         top_p=SAMPLING_TOP_P,
         max_new_tokens=MAX_NEW_TOKENS,
     )
-    args = sft_config(config)
-    resume = resume_checkpoint(config)
-    structures, properties = load_task_structures(config)
-    mix = TaskMix(config.infill_fraction, tuple(config.conditions))
-    train = task_dataset(
-        structures, properties, mix, epochs=epochs_to_draw(config, args, len(structures)), seed=config.seed
-    )
+    args = trainer_args(training_args)
+    resume = resume_checkpoint(script_args, training_args)
+    structures, properties = load_task_structures(script_args, seed=training_args.seed)
+    mix = TaskMix(script_args.infill_fraction, tuple(script_args.conditions))
+    epochs = epochs_to_draw(script_args, training_args, len(structures))
+    train = task_dataset(structures, properties, mix, epochs=epochs, seed=training_args.seed)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks
     )
     trainer.train(resume_from_checkpoint=resume)
     card_kwargs = {
-        "preset": config.preset,
+        "preset": script_args.preset,
         "n_parameters": model.num_parameters(),
         "vocab_size": len(tokenizer),
         "architecture": {
@@ -95,5 +155,24 @@ def train_base(config: BaseTrainingConfig, callbacks: list[TrainerCallback] | No
             for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         },
     }
-    finish_run(trainer, config, "base", n_structures=len(structures), **card_kwargs)
+    finish_run(
+        trainer,
+        script_args,
+        training_args,
+        "base",
+        n_structures=len(structures),
+        hyperparameters={
+            "preset": script_args.preset,
+            **script_args.model_overrides,
+            **hyperparameters(script_args, training_args),
+        },
+        **card_kwargs,
+    )
     return trainer
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """`hf-crystal train base` and training/train_base.py: parse `argv`, train; returns the output folder."""
+    script_args, training_args, model_args = parse_args(argv, prog)
+    train_base(script_args, training_args, model_args)
+    return Path(training_args.output_dir)

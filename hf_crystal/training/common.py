@@ -1,4 +1,10 @@
-"""What the base and LoRA trainers share: configuration, task data with fresh augmentation, SFTConfig.
+"""What the base and LoRA trainers share: option parsing, task data with fresh augmentation, the run's end.
+
+Options are read the TRL way: `trl.TrlParser` over (script arguments, `trl.SFTConfig`, `trl.ModelConfig`),
+from a YAML file (`--config`, keys as the flag names) with command-line flags on top. The script
+arguments (`CrystalScriptArguments` and its subclasses) hold what is ours: the data, the task mix, the
+card; every `SFTConfig` and `ModelConfig` flag is accepted as is. Our defaults (the paper's for LoRA, the
+presets' for the base) are parser defaults, so YAML and flags override them.
 
 Fresh augmentation every epoch: `task_dataset` draws, for every epoch e and every structure i, one
 task of the `TaskMix` (generation with random conditions or infill, with a random translation) from
@@ -7,15 +13,19 @@ order. The trainer makes one sequential pass over this dataset (`num_train_epoch
 `train_sampling_strategy="sequential"`), so it sees every structure once per epoch, each time with a
 new augmentation, and the data are a pure function of the seed: a resumed run skips exactly the
 batches it has already trained on. TRL tokenizes the prompt/completion pairs once, up front.
+
+The output folder (`--output_dir`) is Hub-shaped; checkpoints go to its `checkpoints/` subfolder.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +38,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig, SFTTrainer
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from hf_crystal.data import build_dataset, load_crystal_dataset
 from hf_crystal.hub import push_folder, render_model_card
@@ -37,154 +47,250 @@ from hf_crystal.text import decode
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
-    "TrainingConfig",
+    "CrystalScriptArguments",
     "TrainingConfigError",
     "epochs_to_draw",
     "finish_run",
+    "hyperparameters",
+    "json_dict",
     "load_task_structures",
+    "make_parser",
+    "parse_configs",
     "resume_checkpoint",
-    "sft_config",
     "task_dataset",
+    "trainer_args",
+    "validate",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Checkpoints live in this folder inside the output folder, so the output folder stays Hub-shaped.
 CHECKPOINT_SUBDIR = "checkpoints"
-# Gruver et al. 2024 (SPEC 3): lr 1e-4, cosine schedule with 100 warmup steps, 10 epochs, batch 1.
-LEARNING_RATE = 1e-4
-WARMUP_STEPS = 100
+# Gruver et al. 2024 (SPEC 3): cosine schedule with 100 warmup steps, 10 epochs.
 EPOCHS = 10
-BATCH_SIZE = 1
+COMMON_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 1,  # one pass over `epochs` freshly augmented passes (module docstring)
+    "train_sampling_strategy": "sequential",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 100,
+    "completion_only_loss": True,
+    "logging_first_step": True,
+    "save_total_limit": 3,
+}
+_CONFIG_HELP = (
+    "Options also come from a YAML file: --config FILE, keys as the flag names (underscores); flags "
+    "given on the command line override it."
+)
 
 
 class TrainingConfigError(ValueError):
     """A training configuration or input that cannot be used; the message says what to change."""
 
 
+def json_dict(value: Any, name: str) -> dict[str, Any]:
+    """A dict option given as a mapping (YAML, Python) or as a JSON object string (command line)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise TrainingConfigError(
+                f'{name} must be a JSON object, e.g. \'{{"key": "value"}}\': {err}'
+            ) from None
+    if not isinstance(value, Mapping):
+        raise TrainingConfigError(f"{name} must be a mapping, got {value!r}")
+    return dict(value)
+
+
 @dataclass
-class TrainingConfig:
-    """Options shared by the base and LoRA trainers; YAML keys and CLI flags use these names.
+class CrystalScriptArguments:
+    """The options of a training run that are ours (the trainer's are `SFTConfig`, the model's `ModelConfig`)."""
 
-    `sft` holds any further `trl.SFTConfig` arguments (e.g. bf16, deepspeed, fsdp, eval_strategy);
-    they override the values derived here.
-    """
+    dataset: str = field(
+        metadata={
+            "help": "dataset folder (hf-crystal dataset build), Hub dataset id, or a CSV/CIF source file"
+        }
+    )
+    dataset_id: str | None = field(
+        default=None, metadata={"help": "the dataset's Hub id, for the card (when --dataset is local)"}
+    )
+    train_split: str = field(default="train", metadata={"help": "split to train on"})
+    epochs: int = field(
+        default=EPOCHS,
+        metadata={
+            "help": "passes over the data, each freshly augmented (the trainer makes one pass over all of "
+            "them: num_train_epochs stays 1); max_steps, when set, decides instead"
+        },
+    )
+    infill_fraction: float = field(
+        default=DEFAULT_INFILL_FRACTION, metadata={"help": "share of infill tasks"}
+    )
+    conditions: list[str] = field(
+        default_factory=lambda: list(CONDITIONS),
+        metadata={"help": "condition keys generation prompts may use"},
+    )
+    property_columns: dict[str, str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "read conditions from other columns: JSON object CONDITION: COLUMN, e.g. "
+            '\'{"formation_energy_per_atom": "heat_ref"}\''
+        },
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "nargs": "?",
+            "const": "latest",
+            "help": "resume from the latest checkpoint in <output_dir>/checkpoints, or from the checkpoint "
+            "folder given",
+        },
+    )
+    license: str | None = field(default=None, metadata={"help": "license for the card metadata"})
+    metrics: str | None = field(
+        default=None, metadata={"help": "metrics JSON (hf-crystal evaluate) whose numbers go on the card"}
+    )
 
-    dataset: str | None = None
-    output_dir: str | None = None
-    dataset_id: str | None = None
-    train_split: str = "train"
-    epochs: int = EPOCHS
-    max_steps: int = -1
-    learning_rate: float = LEARNING_RATE
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = WARMUP_STEPS
-    per_device_train_batch_size: int = BATCH_SIZE
-    gradient_accumulation_steps: int = 1
-    max_length: int | None = None
-    completion_only_loss: bool = True
-    activation_checkpointing: bool | None = None
-    infill_fraction: float = DEFAULT_INFILL_FRACTION
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
-    property_columns: dict[str, str] = field(default_factory=dict)
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 3
-    resume: bool | str = False
-    push_to_hub: str | None = None
-    private: bool = False
-    license: str | None = None
-    metrics: str | None = None
-    sft: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any):
-        """The config from a YAML file (optional) with `overrides` (None values ignored) on top."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                values = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise TrainingConfigError(f"cannot read config {path}: {err}") from None
-            if not isinstance(values, dict):
-                raise TrainingConfigError(f"{path} must hold a mapping of option: value")
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(values.get(key), dict):
-                values[key] = {**values[key], **value}  # e.g. --sft bf16=true adds to the YAML's sft
-            elif value is not None:
-                values[key] = value
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TrainingConfigError(f"unknown options {unknown}; known: {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Raise TrainingConfigError for a missing or inconsistent option."""
-        for name in ("dataset", "output_dir"):
-            if not getattr(self, name):
-                raise TrainingConfigError(f"'{name}' is required (YAML key or --{name.replace('_', '-')})")
+    def __post_init__(self) -> None:
+        self.property_columns = json_dict(self.property_columns, "property_columns")
+        if isinstance(self.conditions, str):
+            self.conditions = [self.conditions]
+        if self.resume is True or (
+            isinstance(self.resume, str) and self.resume.lower() in ("true", "latest")
+        ):
+            self.resume = "latest"
+        elif self.resume is False or (isinstance(self.resume, str) and self.resume.lower() in ("", "false")):
+            self.resume = None
         unknown = set(self.conditions) - set(CONDITIONS)
         if unknown:
             raise TrainingConfigError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
         if not 0 <= self.infill_fraction <= 1:
             raise TrainingConfigError(f"infill_fraction must be in [0, 1], got {self.infill_fraction}")
-        if self.epochs < 1 and self.max_steps <= 0:
-            raise TrainingConfigError("give epochs >= 1 or max_steps > 0")
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.output_dir) / CHECKPOINT_SUBDIR
 
     @property
     def hub_dataset(self) -> str | None:
         """The dataset's Hub id for card metadata: `dataset_id`, or `dataset` when it is not a local path."""
         return self.dataset_id or (None if Path(self.dataset).exists() else self.dataset)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The training hyperparameters a model card reports."""
-        keys = (
-            "learning_rate",
-            "lr_scheduler_type",
-            "warmup_steps",
-            "epochs",
-            "max_steps",
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "max_length",
-            "completion_only_loss",
-            "infill_fraction",
-            "conditions",
-            "seed",
+
+class _Parser(TrlParser):
+    """`TrlParser` whose usage errors raise `TrainingConfigError` instead of exiting."""
+
+    def error(self, message: str):
+        raise TrainingConfigError(f"{message} (options: {self.prog} --help)")
+
+
+def make_parser(
+    script_arguments: type[CrystalScriptArguments],
+    defaults: Mapping[str, Any],
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> TrlParser:
+    """A `TrlParser` over (`script_arguments`, `SFTConfig`, `ModelConfig`) with our defaults.
+
+    `defaults` (and `COMMON_DEFAULTS`, and CPU/GPU detection: `use_cpu`, `bf16` when the GPU supports it)
+    become parser defaults: a YAML `--config` and command-line flags override them. `--output_dir` is
+    required. Optional booleans (`--bf16`, `--completion_only_loss`, ...) may be given without a value.
+    """
+    cpu = not torch.cuda.is_available()
+    parser = _Parser(
+        (script_arguments, SFTConfig, ModelConfig), prog=prog, description=description, epilog=_CONFIG_HELP
+    )
+    parser.set_defaults(
+        **{"use_cpu": cpu, "bf16": not cpu and torch.cuda.is_bf16_supported(), **COMMON_DEFAULTS, **defaults}
+    )
+    for action in parser._actions:
+        if action.dest == "output_dir":
+            action.required = True
+            action.help = "Hub-shaped output folder; checkpoints go to its checkpoints/ subfolder"
+        # `bool | None` fields (bf16, completion_only_loss, ...) take a value in HfArgumentParser: let `--bf16` mean true
+        elif (
+            isinstance(action, argparse._StoreAction)
+            and action.nargs is None
+            and getattr(action.type, "__name__", "") == "string_to_bool"
+        ):
+            action.nargs, action.const = "?", True
+    return parser
+
+
+def parse_configs(parser: TrlParser, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """`parser.parse_args_and_config(argv)`, every reading or parsing mistake a `TrainingConfigError`."""
+    argv = list(argv) if argv is not None else None
+    if argv is not None and argv[-1:] == ["--config"]:
+        raise TrainingConfigError("--config needs a YAML file")
+    with warnings.catch_warnings():
+        # Our checkpointing defaults go to `gradient_checkpointing` (TRL's own default is there), so that both
+        # `--activation_checkpointing` and the deprecated `--gradient_checkpointing` still override them.
+        warnings.filterwarnings(
+            "ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning
         )
-        values = {k: getattr(self, k) for k in keys}
-        del values["max_steps" if self.max_steps <= 0 else "epochs"]  # max_steps overrides epochs
-        return values
+        try:
+            return parser.parse_args_and_config(argv)
+        except TrainingConfigError:
+            raise
+        except (OSError, yaml.YAMLError) as err:
+            raise TrainingConfigError(f"cannot read the config: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise TrainingConfigError(str(err)) from None
 
 
-def _rows(config: TrainingConfig) -> Dataset:
-    source = Path(config.dataset)
+def validate(script_args: CrystalScriptArguments, training_args: SFTConfig) -> None:
+    """Raise TrainingConfigError for options that contradict each other or our data mechanism."""
+    if training_args.num_train_epochs != 1:
+        raise TrainingConfigError(
+            "num_train_epochs must stay 1: the trainer makes one pass over `epochs` freshly augmented passes "
+            "of the data; set --epochs instead"
+        )
+    if script_args.epochs < 1 and training_args.max_steps <= 0:
+        raise TrainingConfigError("give epochs >= 1 or max_steps > 0")
+
+
+def checkpoint_dir(training_args: SFTConfig) -> Path:
+    return Path(training_args.output_dir) / CHECKPOINT_SUBDIR
+
+
+def trainer_args(training_args: SFTConfig, **changes: Any) -> SFTConfig:
+    """The arguments the trainer runs with: checkpoints in the checkpoint subfolder, no pushes of its own.
+
+    The Hub-shaped folder is pushed by `finish_run` (the trainer would push its checkpoint folder).
+    """
+    try:
+        return dataclasses.replace(
+            training_args, output_dir=str(checkpoint_dir(training_args)), push_to_hub=False, **changes
+        )
+    except (TypeError, ValueError) as err:
+        raise TrainingConfigError(f"invalid trainer options: {err}") from None
+
+
+def _rows(script_args: CrystalScriptArguments, seed: int) -> Dataset:
+    source = Path(script_args.dataset)
     try:
         if source.is_file():  # a structure source (CSV, CIF, ...): build the dataset on the fly
-            dataset, _ = build_dataset(source, seed=config.seed)
-            return dataset[config.train_split]
-        return load_crystal_dataset(config.dataset, split=config.train_split)
+            dataset, _ = build_dataset(source, seed=seed)
+            return dataset[script_args.train_split]
+        return load_crystal_dataset(script_args.dataset, split=script_args.train_split)
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise TrainingConfigError(
-            f"cannot load split {config.train_split!r} of dataset {config.dataset!r}: {err}"
+            f"cannot load split {script_args.train_split!r} of dataset {script_args.dataset!r}: {err}"
         ) from None
 
 
-def load_task_structures(config: TrainingConfig) -> tuple[list[Structure], list[dict[str, Any]]]:
-    """The structures of the training split and, for each, the condition values the task mix may use."""
-    rows = _rows(config)
-    missing = sorted({c for c in config.property_columns.values() if c not in rows.column_names})
+def load_task_structures(
+    script_args: CrystalScriptArguments, *, seed: int = 42
+) -> tuple[list[Structure], list[dict[str, Any]]]:
+    """The structures of the training split and, for each, the condition values the task mix may use.
+
+    `seed` splits a structure source file that is built on the fly.
+    """
+    rows = _rows(script_args, seed)
+    property_columns = script_args.property_columns
+    missing = sorted({c for c in property_columns.values() if c not in rows.column_names})
     if missing or ("cif" not in rows.column_names and "text" not in rows.column_names):
         raise TrainingConfigError(
-            f"dataset {config.dataset!r} lacks columns {missing or ['cif or text']}; it has {rows.column_names}"
+            f"dataset {script_args.dataset!r} lacks columns {missing or ['cif or text']}; it has {rows.column_names}"
         )
-    columns = {key: config.property_columns.get(key, key) for key in config.conditions if key != "formula"}
+    columns = {key: property_columns.get(key, key) for key in script_args.conditions if key != "formula"}
     structures, properties = [], []
     with (
         warnings.catch_warnings()
@@ -195,7 +301,7 @@ def load_task_structures(config: TrainingConfig) -> tuple[list[Structure], list[
             structures.append(Structure.from_str(cif, fmt="cif") if cif else decode(row["text"]))
             properties.append({key: row.get(column) for key, column in columns.items()})
     if not structures:
-        raise TrainingConfigError(f"split {config.train_split!r} of {config.dataset!r} is empty")
+        raise TrainingConfigError(f"split {script_args.train_split!r} of {script_args.dataset!r} is empty")
     return structures, properties
 
 
@@ -217,83 +323,78 @@ def task_dataset(
     return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
-def epochs_to_draw(config: TrainingConfig, args: SFTConfig, n_structures: int) -> int:
-    """Epochs of tasks to draw: `config.epochs`, or as many as `max_steps` consumes when it is set."""
-    if args.max_steps <= 0:
-        return config.epochs
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    return math.ceil(args.max_steps * per_step / n_structures)
+def epochs_to_draw(script_args: CrystalScriptArguments, training_args: SFTConfig, n_structures: int) -> int:
+    """Epochs of tasks to draw: `script_args.epochs`, or as many as `max_steps` consumes when it is set."""
+    if training_args.max_steps <= 0:
+        return script_args.epochs
+    per_step = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    return math.ceil(training_args.max_steps * per_step / n_structures)
 
 
-def sft_config(config: TrainingConfig, **defaults: Any) -> SFTConfig:
-    """The SFTConfig of a run: one sequential pass over the task dataset (see the module docstring).
+def resume_checkpoint(script_args: CrystalScriptArguments, training_args: SFTConfig) -> str | None:
+    """The checkpoint to resume from: None, the latest in the checkpoint folder (`--resume`), or a path.
 
-    CPU vs GPU is detected (`use_cpu`, bf16 when the GPU supports it); `defaults` fill what the config
-    leaves open and `config.sft` overrides everything.
+    `--resume PATH` and SFTConfig's `--resume_from_checkpoint PATH` name a checkpoint folder.
     """
-    cpu = not torch.cuda.is_available()
-    kwargs = {
-        "output_dir": str(config.checkpoint_dir),
-        "num_train_epochs": 1,
-        "train_sampling_strategy": "sequential",
-        "max_steps": config.max_steps,
-        "learning_rate": config.learning_rate,
-        "lr_scheduler_type": config.lr_scheduler_type,
-        "warmup_steps": config.warmup_steps,
-        "per_device_train_batch_size": config.per_device_train_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "completion_only_loss": config.completion_only_loss,
-        "activation_checkpointing": not cpu
-        if config.activation_checkpointing is None
-        else config.activation_checkpointing,
-        "use_cpu": cpu,
-        "bf16": not cpu and torch.cuda.is_bf16_supported(),
-        "logging_steps": config.logging_steps,
-        "logging_first_step": True,
-        "save_steps": config.save_steps,
-        "save_total_limit": config.save_total_limit,
-        "seed": config.seed,
-        "report_to": "none",
-        **defaults,
-    }
-    if config.max_length is not None:
-        kwargs["max_length"] = config.max_length
-    kwargs.update(config.sft)
-    try:
-        return SFTConfig(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise TrainingConfigError(f"invalid trainer options: {err}") from None
-
-
-def resume_checkpoint(config: TrainingConfig) -> str | None:
-    """The checkpoint to resume from: None, the latest in the checkpoint folder (resume=True), or a path."""
-    if not config.resume:
+    resume = script_args.resume or training_args.resume_from_checkpoint
+    if not resume:
         return None
-    if config.resume is True:
-        found = config.checkpoint_dir.is_dir() and get_last_checkpoint(str(config.checkpoint_dir))
+    if resume == "latest":
+        folder = checkpoint_dir(training_args)
+        found = folder.is_dir() and get_last_checkpoint(str(folder))
         if not found:
-            raise TrainingConfigError(f"nothing to resume: no checkpoint-* folder in {config.checkpoint_dir}")
+            raise TrainingConfigError(f"nothing to resume: no checkpoint-* folder in {folder}")
         return found
-    if not Path(config.resume).is_dir():
-        raise TrainingConfigError(f"checkpoint {config.resume} does not exist")
-    return str(config.resume)
+    if not Path(resume).is_dir():
+        raise TrainingConfigError(f"checkpoint {resume} does not exist")
+    return str(resume)
+
+
+def hyperparameters(script_args: CrystalScriptArguments, training_args: SFTConfig) -> dict[str, Any]:
+    """The training hyperparameters a model card reports."""
+    scheduler = training_args.lr_scheduler_type
+    values = {
+        "learning_rate": training_args.learning_rate,
+        "lr_scheduler_type": getattr(scheduler, "value", scheduler),
+        "warmup_steps": training_args.warmup_steps,
+        "epochs": script_args.epochs,
+        "max_steps": training_args.max_steps,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "max_length": training_args.max_length,
+        "completion_only_loss": training_args.completion_only_loss,
+        "infill_fraction": script_args.infill_fraction,
+        "conditions": list(script_args.conditions),
+        "seed": training_args.seed,
+    }
+    del values["max_steps" if training_args.max_steps <= 0 else "epochs"]  # max_steps overrides epochs
+    return values
 
 
 def finish_run(
     trainer: SFTTrainer,
-    config: TrainingConfig,
+    script_args: CrystalScriptArguments,
+    training_args: SFTConfig,
     kind: str,
     *,
     n_structures: int,
+    hyperparameters: Mapping[str, Any],
     base_model: str | None = None,
     push_ignore: tuple[str, ...] = (),
     **card_kwargs: Any,
 ) -> Path:
-    """Save the final model Hub-shaped with its card and loss log, push it if asked; returns the folder.
+    """Save the final model Hub-shaped to `output_dir` with its card and loss log, push it if asked.
 
-    The trainer's training_args.bin (a pickle) is removed; checkpoints stay out of the push.
+    Pushes (`--push_to_hub`) go to `hub_model_id` (default: the output folder's name), private with
+    `--hub_private_repo`. The trainer's training_args.bin (a pickle) is removed; checkpoints stay out of
+    the push. Returns the output folder.
     """
-    out = Path(config.output_dir)
+    out = Path(training_args.output_dir)
+    repo_id = training_args.hub_model_id or out.name
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         (out / TRAINING_ARGS_NAME).unlink(missing_ok=True)
@@ -307,19 +408,20 @@ def finish_run(
         }
         card = render_model_card(
             kind,
-            repo_id=config.push_to_hub or out.name,
+            repo_id=repo_id,
             base_model=base_model,
-            datasets=[config.hub_dataset] if config.hub_dataset else [],
-            license=config.license,
-            hyperparameters=config.hyperparameters(),
+            datasets=[script_args.hub_dataset] if script_args.hub_dataset else [],
+            license=script_args.license,
+            hyperparameters=hyperparameters,
             training_results={k: v for k, v in training_results.items() if v is not None},
-            metrics=config.metrics,
+            metrics=script_args.metrics,
             **card_kwargs,
         )
         card.save(out / "README.md")
-        if config.push_to_hub:
+        if training_args.push_to_hub:
             ignore = [f"{CHECKPOINT_SUBDIR}/*", "train_log.json", *push_ignore]
-            url = push_folder(out, config.push_to_hub, private=config.private, ignore_patterns=ignore)
-            print(f"pushed to {url}")
+            private = bool(training_args.hub_private_repo)
+            url = push_folder(out, repo_id, private=private, ignore_patterns=ignore)
+            logger.info("pushed %s to %s", out, url)
     trainer.accelerator.wait_for_everyone()
     return out
