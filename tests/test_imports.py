@@ -14,44 +14,40 @@ PACKAGE = Path(hf_crystal.__file__).parent
 HEAVY = ("torch", "transformers.pipelines", "scipy", "smact", "pymatgen.core")
 
 
-def _loaded_after(code: str) -> list[str]:
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return out.stdout.split()
+def _python(code: str) -> str:
+    """The standard output of `code` run in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def _heavy_loaded(code: str) -> str:
+    return f"{code}\nimport sys\nprint('LOADED', *(m for m in {HEAVY!r} if m in sys.modules))"
 
 
 @pytest.mark.parametrize("code", ["import hf_crystal.commands", "import hf_crystal"])
 def test_command_line_imports_nothing_heavy(code):
-    assert _loaded_after(code) == []
+    assert _python(_heavy_loaded(code)).strip() == "LOADED"
 
 
-def test_help_subprocess_is_light():
-    probe = (
+def test_help_is_light():
+    run_help = (
         "import runpy, sys\nsys.argv = ['hf-crystal', '--help']\n"
-        "try:\n    runpy.run_module('hf_crystal.commands', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        f"print('LOADED', ' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+        "try:\n    runpy.run_module('hf_crystal.commands', run_name='__main__')\nexcept SystemExit:\n    pass"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert "usage: hf-crystal" in out
-    assert out.strip().splitlines()[-1] == "LOADED"
+    out = _python(_heavy_loaded(run_help))
+    assert "usage: hf-crystal" in out and out.strip().splitlines()[-1] == "LOADED"
 
 
-def test_tasks_register_when_transformers_pipelines_is_imported():
+@pytest.mark.parametrize(
+    "imports",
+    ["import hf_crystal", "from transformers import pipeline\nimport hf_crystal"],
+    ids=["hook", "direct"],
+)
+def test_tasks_register_whichever_import_comes_first(imports):
     code = (
-        "import hf_crystal\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
+        f"{imports}\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
         "print(sorted(t for t in PIPELINE_REGISTRY.get_supported_tasks() if t.startswith('crystal-')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['crystal-generation', 'crystal-infill']"
-
-
-def test_tasks_register_when_transformers_pipelines_came_first():
-    code = (
-        "from transformers import pipeline\nimport hf_crystal\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
-        "print('crystal-infill' in PIPELINE_REGISTRY.get_supported_tasks())"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert _python(code).strip() == "['crystal-generation', 'crystal-infill']"
 
 
 def _module_imports() -> dict[str, set[str]]:
