@@ -17,8 +17,7 @@ from pathlib import Path
 from transformers import LlamaForCausalLM
 
 from hf_crystal.tokenization import build_crystal_tokenizer
-from hf_crystal.training.base import BaseTrainingConfig, train_base
-from hf_crystal.training.lora import LoraTrainingConfig, train_lora
+from hf_crystal.training import base, lora
 from hf_crystal.training.presets import llama_config
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_20" / "train.csv"
@@ -38,28 +37,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    common = {
-        "dataset": args.dataset,
-        "max_steps": args.steps,
-        "per_device_train_batch_size": args.batch_size,
-        "logging_steps": args.steps,
-        "save_steps": 10**9,
-        "warmup_steps": 0,
-    }
+    common = [
+        *("--dataset", args.dataset, "--max_steps", str(args.steps)),
+        *("--per_device_train_batch_size", str(args.batch_size), "--logging_steps", str(args.steps)),
+        *("--save_steps", str(10**9), "--warmup_steps", "0"),
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             out = Path(tmp) / f"{preset}-full"
-            train_base(BaseTrainingConfig.load(None, preset=preset, output_dir=str(out), **common))
+            base.train_base(*base.parse_args(["--preset", preset, "--output_dir", str(out), *common]))
             params = LlamaForCausalLM.from_pretrained(out).num_parameters()
             rows.append((preset, "full", params, *_measure(out)))
 
-            base = Path(tmp) / f"{preset}-random"
+            random_base = Path(tmp) / f"{preset}-random"
             tokenizer = build_crystal_tokenizer()
-            LlamaForCausalLM(llama_config(preset, tokenizer)).save_pretrained(base)
-            tokenizer.save_pretrained(base)
+            LlamaForCausalLM(llama_config(preset, tokenizer)).save_pretrained(random_base)
+            tokenizer.save_pretrained(random_base)
             out = Path(tmp) / f"{preset}-lora"
-            train_lora(LoraTrainingConfig.load(None, model=str(base), output_dir=str(out), **common))
+            lora.train_lora(
+                *lora.parse_args(["--model", str(random_base), "--output_dir", str(out), *common])
+            )
             rows.append((preset, "lora (r=8, q_proj/v_proj)", params, *_measure(out)))
 
     print(f"\nsteps {args.steps}, batch {args.batch_size}, dataset {args.dataset}\n")
