@@ -1,0 +1,106 @@
+"""Refiner throughput (structures/s) by number of Euler steps, batch size and model size, on random weights.
+
+End to end through `CrystalRefinerPipeline` (Niggli reduction, Euler steps, back to pymatgen), MP-20-sized
+crystals: the first structures of ``--data`` (a CDVAE CSV, default ../shared/data/mp_20/val.csv) or, when absent,
+random structures of 4-20 atoms. Throughput does not depend on training, so the weights are random.
+
+    python benchmarks/bench_refiner.py --threads 1
+    python benchmarks/bench_refiner.py --sizes 64x3 128x3x64 --steps 10 100 --batch-sizes 64 --threads 2
+
+A size is HIDDENxLAYERS or HIDDENxLAYERSxEDGE (edge width, default HIDDEN // 2); "default" is the model's default
+configuration. On a CPU shared with other jobs,
+one thread is often faster than two (threads that wait on a busy core stall the whole step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymatgen.core import Element, Lattice, Structure
+
+from hf_crystal.refiner import CrystalFlowScheduler, CrystalRefinerPipeline, CSPNetModel
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mp_20" / "val.csv"
+# MP-20: at most 20 atoms per cell.
+MIN_ATOMS, MAX_ATOMS = 4, 20
+# Structures timed at batch size 1 (larger batches time exactly one batch).
+SINGLE_STRUCTURES = 8
+
+
+def random_structures(n: int, seed: int) -> list[Structure]:
+    """Random cells of 4-20 atoms at a typical density (about 15 Å^3 per atom), angles 70-110°."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = int(rng.integers(MIN_ATOMS, MAX_ATOMS + 1))
+        length = (15.0 * atoms) ** (1 / 3)
+        lattice = Lattice.from_parameters(*(length * rng.uniform(0.8, 1.2, 3)), *rng.uniform(70, 110, 3))
+        species = [Element.from_Z(int(z)) for z in rng.integers(1, 84, atoms)]
+        out.append(Structure(lattice, species, rng.random((atoms, 3))))
+    return out
+
+
+def load_structures(path: Path, n: int, seed: int) -> tuple[list[Structure], str]:
+    if path.exists():
+        from hf_crystal.data import read_structures
+
+        _, structures, _ = read_structures(path)
+        return structures[:n], str(path)
+    return random_structures(n, seed), f"random structures, {MIN_ATOMS}-{MAX_ATOMS} atoms"
+
+
+def model_config(size: str) -> dict:
+    if size == "default":
+        return {}
+    hidden, layers, *edge = (int(part) for part in size.split("x"))
+    return {"hidden_dim": hidden, "num_layers": layers, "edge_dim": edge[0] if edge else hidden // 2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sizes", nargs="+", default=["default", "128x3", "128x4x64"])
+    parser.add_argument("--steps", nargs="+", type=int, default=[10, 100, 1000])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    structures, source = load_structures(args.data, max(args.batch_sizes), args.seed)
+    sizes = np.array([len(s) for s in structures])
+    print(f"structures: {source}; {len(structures)} with {sizes.mean():.1f} atoms on average")
+    print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
+
+    header = f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'structures/s':>12} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for size in args.sizes:
+        model = CSPNetModel(**model_config(size)).eval()
+        config = model.config
+        name = f"{config.hidden_dim}x{config.num_layers} edge {config.edge_dim} k {config.num_freqs}"
+        params = sum(p.numel() for p in model.parameters())
+        pipe = CrystalRefinerPipeline(model=model, scheduler=CrystalFlowScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        pipe(structures[:2], num_inference_steps=2)  # warm-up
+        for steps in args.steps:
+            for batch_size in args.batch_sizes:
+                chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
+                start = time.perf_counter()
+                pipe(chunk, num_inference_steps=steps, batch_size=batch_size)
+                rate = len(chunk) / (time.perf_counter() - start)
+                print(
+                    f"| {name:<26} | {params:>8} | {steps:>5} | {batch_size:>5} | {rate:>12.1f} |", flush=True
+                )
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Euler integration of the crystal flow on (torus x lattice space), and the training-time probability path.
+
+Time runs from 0 (base: an LLM sample, or the uniform base of FlowMM) to 1 (data). Coordinates move on the flat
+torus (wrapped after every step), lattice parameters linearly in the unconstrained space of `manifold`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+from hf_crystal.refiner.manifold import (
+    ANGLE_MARGIN,
+    ANGLE_MAX,
+    ANGLE_MIN,
+    angles_to_unconstrained,
+    remove_mean,
+    torus_displacement,
+    wrap,
+)
+
+# FlowMM (its training configuration): the coordinate term of the loss weighs 400 times the lattice term.
+COORD_LOSS_WEIGHT = 400.0
+LATTICE_LOSS_WEIGHT = 1.0
+
+
+@dataclass
+class CrystalFlowSchedulerOutput(BaseOutput):
+    """State after one Euler step (the `prev_sample` of diffusers' schedulers).
+
+    Args:
+        frac_coords (`torch.Tensor` of shape `(N, 3)`): Fractional coordinates, wrapped into [0, 1).
+        lattice (`torch.Tensor` of shape `(B, 6)`): Unconstrained lattice parameters.
+    """
+
+    frac_coords: torch.Tensor
+    lattice: torch.Tensor
+
+
+@dataclass
+class FlowTarget(BaseOutput):
+    """A point of the probability path between x0 and x1 at time t, and the velocity the model should predict.
+
+    Args:
+        frac_coords (`torch.Tensor` of shape `(N, 3)`): `F_t = wrap(F_0 + t d)`, `d` the shortest torus
+            displacement from `F_0` to `F_1`.
+        lattice (`torch.Tensor` of shape `(B, 6)`): `L_t = L_0 + t (L_1 - L_0)` in the unconstrained space.
+        coord_velocity (`torch.Tensor` of shape `(N, 3)`): `d` minus its per-crystal mean (velocities are defined up
+            to a common translation, which the translation-invariant model cannot predict).
+        lattice_velocity (`torch.Tensor` of shape `(B, 6)`): `L_1 - L_0`.
+    """
+
+    frac_coords: torch.Tensor
+    lattice: torch.Tensor
+    coord_velocity: torch.Tensor
+    lattice_velocity: torch.Tensor
+
+
+class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
+    """Euler steps from t = 0 to t = 1 for fractional coordinates (on the torus) and lattice parameters.
+
+    Args:
+        anti_annealing_slope (`float`, defaults to 0, off):
+            FlowMM/FlowLLM inference anti-annealing: the coordinate velocity is multiplied by
+            `1 + anti_annealing_slope * relu(t - anti_annealing_offset)`, which sharpens the end of the flow.
+        anti_annealing_offset (`float`, defaults to 0):
+            Time after which anti-annealing starts.
+
+    Call `set_timesteps` before sampling. A scheduler tracks the current step and should not be shared by
+    concurrent generations.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(self, anti_annealing_slope: float = 0.0, anti_annealing_offset: float = 0.0):
+        self.timesteps = None
+        self._times = None
+        self._step_index = None
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next Euler step."""
+        return self._step_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Equal steps from 0 to 1; `timesteps` holds the start time of each step."""
+        if type(num_inference_steps) is not int or num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be a positive integer.")
+        self._times = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float64)
+        self.timesteps = self._times[:-1].to(device=device, dtype=torch.float32)
+        self._step_index = 0
+
+    def step(
+        self,
+        model_output: BaseOutput | tuple[torch.Tensor, torch.Tensor],
+        timestep: float | torch.Tensor,
+        sample: tuple[torch.Tensor, torch.Tensor],
+        return_dict: bool = True,
+    ) -> CrystalFlowSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step from `timestep` to the next time.
+
+        Args:
+            model_output (`tuple`): (coordinate velocity `(N, 3)`, lattice velocity `(B, 6)`), e.g. a
+                `CSPNetOutput` or the model's tuple output.
+            timestep (`float` or `torch.Tensor`): The next element of `timesteps`.
+            sample (`tuple`): Current (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`).
+            return_dict (`bool`): Return a `CrystalFlowSchedulerOutput` rather than a tuple.
+        """
+        if self._step_index is None:
+            raise ValueError("Call set_timesteps before step.")
+        if self._step_index >= len(self.timesteps):
+            raise ValueError("The trajectory is complete; call set_timesteps to start another.")
+        t = float(timestep)
+        if abs(t - float(self._times[self._step_index])) > 1e-6:
+            raise ValueError("timestep must be the next element of timesteps.")
+        coord_velocity, lattice_velocity = (
+            model_output.to_tuple() if isinstance(model_output, BaseOutput) else model_output
+        )
+        frac_coords, lattice = sample
+        dt = float(self._times[self._step_index + 1] - self._times[self._step_index])
+        scale = 1.0 + self.config.anti_annealing_slope * max(t - self.config.anti_annealing_offset, 0.0)
+        frac_coords = wrap(frac_coords + (dt * scale) * coord_velocity)
+        lattice = lattice + dt * lattice_velocity
+        self._step_index += 1
+        if not return_dict:
+            return frac_coords, lattice
+        return CrystalFlowSchedulerOutput(frac_coords=frac_coords, lattice=lattice)
+
+
+def interpolate(
+    x0: tuple[torch.Tensor, torch.Tensor],
+    x1: tuple[torch.Tensor, torch.Tensor],
+    t: torch.Tensor,
+    crystal_index: torch.Tensor,
+) -> FlowTarget:
+    """The conditional flow-matching path (FlowMM) from `x0` to `x1` at per-crystal times `t` `(B,)`.
+
+    `x0` and `x1` are (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`) with atom i of x0 paired
+    with atom i of x1.
+    """
+    (coords0, lattice0), (coords1, lattice1) = x0, x1
+    displacement = torus_displacement(coords0, coords1)
+    t = t.to(lattice0.dtype)
+    return FlowTarget(
+        frac_coords=wrap(coords0 + t[crystal_index, None] * displacement),
+        lattice=lattice0 + t[:, None] * (lattice1 - lattice0),
+        coord_velocity=remove_mean(displacement, crystal_index, lattice0.shape[0]),
+        lattice_velocity=lattice1 - lattice0,
+    )
+
+
+def flow_matching_loss(
+    prediction: BaseOutput | tuple[torch.Tensor, torch.Tensor],
+    target: FlowTarget,
+    coord_weight: float = COORD_LOSS_WEIGHT,
+    lattice_weight: float = LATTICE_LOSS_WEIGHT,
+) -> torch.Tensor:
+    """Weighted sum of the mean squared errors of the coordinate and lattice velocities (FlowMM's weights)."""
+    coord_velocity, lattice_velocity = (
+        prediction.to_tuple() if isinstance(prediction, BaseOutput) else prediction
+    )
+    coord_loss = (coord_velocity - target.coord_velocity).square().mean()
+    lattice_loss = (lattice_velocity - target.lattice_velocity).square().mean()
+    return coord_weight * coord_loss + lattice_weight * lattice_loss
+
+
+def sample_uniform_base(
+    num_atoms: torch.Tensor,
+    log_length_mean: torch.Tensor | float,
+    log_length_std: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlowMM's base distribution (the ablation without an LLM), for crystals of `num_atoms` `(B,)` atoms.
+
+    Coordinates uniform on the torus; lengths log-normal with the given mean and std of log(length in Å) (scalars
+    or `(3,)`, e.g. fitted on the training set); angles uniform in the refiner's interval, mapped through the
+    angle bijection. Returns (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`, crystal_index
+    `(N,)`).
+    """
+    n_crystals = len(num_atoms)
+    crystal_index = torch.repeat_interleave(torch.arange(n_crystals), num_atoms.cpu())
+    frac_coords = torch.rand((len(crystal_index), 3), generator=generator, dtype=dtype)
+    mean = torch.as_tensor(log_length_mean, dtype=dtype)
+    std = torch.as_tensor(log_length_std, dtype=dtype)
+    log_lengths = mean + std * torch.randn((n_crystals, 3), generator=generator, dtype=dtype)
+    low, high = ANGLE_MIN + ANGLE_MARGIN, ANGLE_MAX - ANGLE_MARGIN
+    angles = low + (high - low) * torch.rand((n_crystals, 3), generator=generator, dtype=dtype)
+    return frac_coords, torch.cat([log_lengths, angles_to_unconstrained(angles)], -1), crystal_index
