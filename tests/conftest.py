@@ -31,6 +31,18 @@ os.environ.update(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run tiny models: on a shared 2-core machine, a second thread mostly waits for a busy core
+    (measured: a 150-step refiner run took 53 s with two threads under load, 1 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def hub_server():
     """The running local Hub, with `.endpoint` and `.repo_id(name)` (a fresh `tester/name-xxxx` per call)."""

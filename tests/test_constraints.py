@@ -29,15 +29,6 @@ MAX_SITES = 4  # keeps sampling short; the bound itself is tested separately
 COORDS_LINE = re.compile(r"0\.\d\d 0\.\d\d 0\.\d\d")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids waiting for a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=["crystal", "llama-bpe"])
 def setup(request):
     """(tokenizer, tiny random model) for each tokenizer kind."""

@@ -89,7 +89,6 @@ def test_missing_reference_is_a_clear_error(files, tmp_path, capsys):
 
 
 def test_compute_metrics_writes_nothing_and_write_report_writes_it_all(tmp_path, monkeypatch):
-    import torch
     from chgnet.model import CHGNet
     from pymatgen.entries.computed_entries import ComputedEntry
 
@@ -99,16 +98,11 @@ def test_compute_metrics_writes_nothing_and_write_report_writes_it_all(tmp_path,
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        relaxer = BatchedRelaxer(CHGNet.load(verbose=False, use_device="cpu"), max_steps=2)  # no cache
-        entries = [ComputedEntry("Na", -1.3), ComputedEntry("Cl2", -3.6)]  # hull: -1.55 eV/atom at NaCl
-        result = compute_metrics(
-            [_nacl(), _kcl()], [_nacl()], sample_ids=["nacl", "kcl"], hull_entries=entries, relaxer=relaxer
-        )
-    finally:
-        torch.set_num_threads(threads)
+    relaxer = BatchedRelaxer(CHGNet.load(verbose=False, use_device="cpu"), max_steps=2)  # no cache
+    entries = [ComputedEntry("Na", -1.3), ComputedEntry("Cl2", -3.6)]  # hull: -1.55 eV/atom at NaCl
+    result = compute_metrics(
+        [_nacl(), _kcl()], [_nacl()], sample_ids=["nacl", "kcl"], hull_entries=entries, relaxer=relaxer
+    )
     assert list(cwd.iterdir()) == []  # compute_metrics wrote no file
     metrics = result.metrics
     assert set(METRICS) - {"hull_skipped"} <= set(metrics)

@@ -14,14 +14,10 @@ FMAX, STEPS = 0.1, 8
 
 @pytest.fixture(scope="module")
 def model():
-    """CHGNet on one torch thread: on a shared 2-core machine two threads oversubscribe (10x slower)."""
-    import torch
+    """CHGNet (on one torch thread, as every test: conftest.one_torch_thread)."""
     from chgnet.model import CHGNet
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield CHGNet.load(verbose=False, use_device="cpu")
-    torch.set_num_threads(threads)
+    return CHGNet.load(verbose=False, use_device="cpu")
 
 
 def _rattled() -> list[Structure]:

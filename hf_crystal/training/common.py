@@ -49,6 +49,7 @@ __all__ = [
     "CHECKPOINT_SUBDIR",
     "CrystalScriptArguments",
     "TrainingConfigError",
+    "TrainingParser",
     "epochs_to_draw",
     "finish_run",
     "hyperparameters",
@@ -57,8 +58,10 @@ __all__ = [
     "make_parser",
     "parse_configs",
     "resume_checkpoint",
+    "row_structure",
     "task_dataset",
     "trainer_args",
+    "training_rows",
     "validate",
 ]
 
@@ -173,7 +176,7 @@ class CrystalScriptArguments:
         return self.dataset_id or (None if Path(self.dataset).exists() else self.dataset)
 
 
-class _Parser(TrlParser):
+class TrainingParser(TrlParser):
     """`TrlParser` whose usage errors raise `TrainingConfigError` instead of exiting."""
 
     def error(self, message: str):
@@ -194,7 +197,7 @@ def make_parser(
     required. Optional booleans (`--bf16`, `--completion_only_loss`, ...) may be given without a value.
     """
     cpu = not torch.cuda.is_available()
-    parser = _Parser(
+    parser = TrainingParser(
         (script_arguments, SFTConfig, ModelConfig), prog=prog, description=description, epilog=_CONFIG_HELP
     )
     parser.set_defaults(
@@ -263,17 +266,27 @@ def trainer_args(training_args: SFTConfig, **changes: Any) -> SFTConfig:
         raise TrainingConfigError(f"invalid trainer options: {err}") from None
 
 
-def _rows(script_args: CrystalScriptArguments, seed: int) -> Dataset:
-    source = Path(script_args.dataset)
+def training_rows(dataset: str, split: str = "train", seed: int = 42) -> Dataset:
+    """The rows of `split` of a dataset folder or Hub id, or of a structure source file built on the fly
+    (split with `seed`)."""
+    source = Path(dataset)
     try:
-        if source.is_file():  # a structure source (CSV, CIF, ...): build the dataset on the fly
-            dataset, _ = build_dataset(source, seed=seed)
-            return dataset[script_args.train_split]
-        return load_crystal_dataset(script_args.dataset, split=script_args.train_split)
+        if source.is_file():
+            built, _ = build_dataset(source, seed=seed)
+            return built[split]
+        return load_crystal_dataset(dataset, split=split)
     except (KeyError, ValueError, FileNotFoundError) as err:
-        raise TrainingConfigError(
-            f"cannot load split {script_args.train_split!r} of dataset {script_args.dataset!r}: {err}"
-        ) from None
+        raise TrainingConfigError(f"cannot load split {split!r} of dataset {dataset!r}: {err}") from None
+
+
+def row_structure(row: Mapping[str, Any]) -> Structure:
+    """The structure of a dataset row: its `cif` (exact) or else its crystal `text`."""
+    with (
+        warnings.catch_warnings()
+    ):  # pymatgen warns about every CIF coordinate it snaps to a special position
+        warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
+        cif = row.get("cif")
+        return Structure.from_str(cif, fmt="cif") if cif else decode(row["text"])
 
 
 def load_task_structures(
@@ -283,7 +296,7 @@ def load_task_structures(
 
     `seed` splits a structure source file that is built on the fly.
     """
-    rows = _rows(script_args, seed)
+    rows = training_rows(script_args.dataset, script_args.train_split, seed)
     property_columns = script_args.property_columns
     missing = sorted({c for c in property_columns.values() if c not in rows.column_names})
     if missing or ("cif" not in rows.column_names and "text" not in rows.column_names):
@@ -292,14 +305,9 @@ def load_task_structures(
         )
     columns = {key: property_columns.get(key, key) for key in script_args.conditions if key != "formula"}
     structures, properties = [], []
-    with (
-        warnings.catch_warnings()
-    ):  # pymatgen warns about every CIF coordinate it snaps to a special position
-        warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
-        for row in tqdm(rows, desc="reading structures", unit=" structures"):
-            cif = row.get("cif")
-            structures.append(Structure.from_str(cif, fmt="cif") if cif else decode(row["text"]))
-            properties.append({key: row.get(column) for key, column in columns.items()})
+    for row in tqdm(rows, desc="reading structures", unit=" structures"):
+        structures.append(row_structure(row))
+        properties.append({key: row.get(column) for key, column in columns.items()})
     if not structures:
         raise TrainingConfigError(f"split {script_args.train_split!r} of {script_args.dataset!r} is empty")
     return structures, properties

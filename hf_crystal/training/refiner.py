@@ -1,0 +1,367 @@
+"""Train the FlowLLM refiner (`hf_crystal.refiner`) with FlowMM's recipe: `hf-crystal train refiner`.
+
+x1 is a training structure; x0 is either a sample of a fine-tuned LLM prompted with x1's formula
+(`--base llm`, FlowLLM; pairs from `hf_crystal.training.pairs`, cached and resumable) or a draw of
+FlowMM's uniform base (`--base uniform`: uniform torus coordinates, log-normal lattice lengths fitted
+on the training set, uniform angles; the ablation). Each step draws a batch of pairs and a time t per
+crystal, and fits the model's velocities to the conditional flow-matching targets with FlowMM's
+weighted MSE; AdamW with warm-up and a cosine decay to a floor, EMA weights for inference.
+
+Batches are a pure function of (seed, step), so `--resume` continues exactly from a checkpoint
+(`<output_dir>/checkpoints/checkpoint-N`: model safetensors plus optimizer, schedule and EMA state).
+The output folder is a Hub-shaped `CrystalRefinerPipeline` (EMA weights) with a card, the loss log
+(train_log.json) and its plot (loss.png).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.training_utils import EMAModel
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+from hf_crystal.hub import push_folder, render_model_card
+from hf_crystal.refiner import (
+    CrystalBatch,
+    CrystalFlowScheduler,
+    CrystalRefinerPipeline,
+    CSPNetModel,
+    flow_matching_loss,
+    interpolate,
+    sample_uniform_base,
+)
+from hf_crystal.training.common import (
+    CHECKPOINT_SUBDIR,
+    TrainingConfigError,
+    TrainingParser,
+    parse_configs,
+    row_structure,
+    training_rows,
+)
+from hf_crystal.training.pairs import PairSettings, build_pairs
+
+__all__ = ["RefinerArguments", "main", "parse_args", "train_refiner"]
+
+logger = logging.getLogger(__name__)
+
+# FlowMM (scripts_model/conf): AdamW 3e-4 with a cosine decay to 1e-5, EMA 0.999, batch 128.
+LEARNING_RATE = 3e-4
+MIN_LEARNING_RATE = 1e-5
+EMA_DECAY = 0.999
+BASES = ("llm", "uniform")
+MODEL_SIZES = ("hidden_dim", "edge_dim", "num_layers", "time_dim", "num_freqs")
+# Options that are not hyperparameters of the model (the card lists the rest; sizes go to its architecture).
+_NOT_HYPERPARAMETERS = ("dataset", "output_dir", "resume", "push_to_hub", "hub_model_id", "hub_private_repo")
+TRAINING_STATE = "training_state.pt"
+
+
+@dataclass
+class RefinerArguments:
+    """Options of a refiner training run (YAML keys and flags use these names)."""
+
+    dataset: str = field(
+        metadata={"help": "training structures: dataset folder, Hub dataset id or CSV/CIF source"}
+    )
+    output_dir: str = field(metadata={"help": "Hub-shaped output folder; checkpoints go to its checkpoints/"})
+    base: str = field(default="llm", metadata={"help": "x0: 'llm' (FlowLLM) or 'uniform' (FlowMM's base)"})
+    llm: str | None = field(
+        default=None, metadata={"help": "LLM or LoRA adapter (folder or Hub id) for --base llm"}
+    )
+    llm_revision: str | None = field(default=None, metadata={"help": "Hub revision of --llm"})
+    llm_batch_size: int = field(default=64, metadata={"help": "prompts per generate call for the pairs"})
+    llm_temperature: float = 0.9
+    llm_top_p: float = 0.9
+    pairs_cache_dir: str | None = field(
+        default=None, metadata={"help": "cache of LLM pairs (default ~/.cache/hf_crystal/refiner_pairs)"}
+    )
+    train_split: str = "train"
+    limit: int | None = field(default=None, metadata={"help": "train on the first N structures only"})
+    hidden_dim: int | None = field(default=None, metadata={"help": "model size (default: CSPNetModel's)"})
+    edge_dim: int | None = None
+    num_layers: int | None = None
+    time_dim: int | None = None
+    num_freqs: int | None = None
+    max_steps: int = 2000
+    batch_size: int = field(default=64, metadata={"help": "crystals per optimizer step"})
+    learning_rate: float = LEARNING_RATE
+    min_learning_rate: float = MIN_LEARNING_RATE
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = EMA_DECAY
+    anti_annealing_slope: float = field(default=0.0, metadata={"help": "saved in the scheduler (inference)"})
+    anti_annealing_offset: float = 0.0
+    logging_steps: int = 50
+    save_steps: int = 500
+    seed: int = 0
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch threads (default: torch's choice)"}
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={"nargs": "?", "const": "latest", "help": "resume from the latest checkpoint, or this one"},
+    )
+    push_to_hub: bool = False
+    hub_model_id: str | None = field(default=None, metadata={"help": "repo id (default: the folder's name)"})
+    hub_private_repo: bool = False
+    dataset_id: str | None = field(default=None, metadata={"help": "the dataset's Hub id, for the card"})
+    license: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise TrainingConfigError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.base == "llm" and not self.llm:
+            raise TrainingConfigError("--base llm needs --llm: the model or adapter whose samples are x0")
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise TrainingConfigError("max_steps and batch_size must be positive")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / CHECKPOINT_SUBDIR
+
+
+@dataclass
+class _Pairs:
+    """Training crystals as per-crystal tensors; x0 is None for the uniform base (drawn every step)."""
+
+    x1: list[CrystalBatch]
+    x0: list[CrystalBatch] | None
+    log_length_mean: torch.Tensor
+    log_length_std: torch.Tensor
+
+    def batch(self, indices: Sequence[int], generator: torch.Generator) -> tuple[CrystalBatch, CrystalBatch]:
+        x1 = _concat([self.x1[i] for i in indices])
+        if self.x0 is not None:
+            return _concat([self.x0[i] for i in indices]), x1
+        coords, lattice, _ = sample_uniform_base(
+            x1.num_atoms, self.log_length_mean, self.log_length_std, generator=generator
+        )
+        return x1.replace(frac_coords=coords, lattice=lattice), x1
+
+
+def _concat(crystals: Sequence[CrystalBatch]) -> CrystalBatch:
+    return CrystalBatch(
+        atom_types=torch.cat([c.atom_types for c in crystals]),
+        frac_coords=torch.cat([c.frac_coords for c in crystals]),
+        lattice=torch.cat([c.lattice for c in crystals]),
+        crystal_index=torch.cat([torch.full_like(c.crystal_index, i) for i, c in enumerate(crystals)]),
+    )
+
+
+def _singles(structures: Sequence[Structure]) -> list[CrystalBatch]:
+    """One CrystalBatch per structure, already Niggli-reduced (pairs are reduced before pairing)."""
+    return [CrystalBatch.from_structures([s], niggli=False) for s in structures]
+
+
+def _training_structures(args: RefinerArguments) -> tuple[list[str], list[Structure]]:
+    rows = training_rows(args.dataset, args.train_split, args.seed)
+    if args.limit is not None:
+        rows = rows.select(range(min(args.limit, len(rows))))
+    ids = [str(r.get("material_id", i)) for i, r in enumerate(rows)]
+    return ids, [row_structure(r) for r in tqdm(rows, desc="reading structures", unit=" structures")]
+
+
+def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
+    """The training crystals (and LLM pairs) of a run, and figures about them for the card and log."""
+    ids, structures = _training_structures(args)
+    info: dict = {"training structures": len(structures)}
+    if args.base == "llm":
+        from transformers import pipeline
+
+        from hf_crystal.hub import load_crystal_model
+
+        model, tokenizer = load_crystal_model(args.llm, revision=args.llm_revision)
+        pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
+        settings = PairSettings(args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size)
+        cache = Path(args.pairs_cache_dir or Path.home() / ".cache" / "hf_crystal" / "refiner_pairs")
+        pairs = build_pairs(
+            pipe, ids, structures, cache, settings, model_name=args.llm, revision=args.llm_revision
+        )
+        usable = pairs.filter(lambda row: row["x0_cif"] is not None)
+        info["pairs without an LLM sample (skipped)"] = len(pairs) - len(usable)
+        info["mean transport cost, index pairing"] = round(float(np.mean(usable["cost_index"])), 5)
+        info["mean transport cost, optimal assignment"] = round(float(np.mean(usable["cost_assigned"])), 5)
+        x1 = [Structure.from_str(c, fmt="cif") for c in usable["x1_cif"]]
+        x0 = _singles([Structure.from_str(c, fmt="cif") for c in usable["x0_cif"]])
+    else:
+        x1, x0 = [s.get_reduced_structure() for s in structures], None
+    x1 = _singles(x1)
+    log_lengths = torch.cat([c.lattice[:, :3] for c in x1])
+    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0)), info
+
+
+def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Indices of step `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    perms: dict[int, np.ndarray] = {}
+    out = []
+    for p in positions:
+        epoch = p // n
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append(int(perms[epoch][p % n]))
+    return out
+
+
+def _save_checkpoint(folder: Path, model, ema, optimizer, schedule, step: int, log: list) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder / "model")
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "ema": ema.state_dict(),
+        "log": log,
+    }
+    torch.save(state, folder / TRAINING_STATE)
+
+
+def _resume_folder(args: RefinerArguments) -> Path | None:
+    if not args.resume:
+        return None
+    if args.resume != "latest":
+        folder = Path(args.resume)
+    else:
+        found = sorted(args.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not found:
+            raise TrainingConfigError(f"nothing to resume: no checkpoint-* folder in {args.checkpoint_dir}")
+        folder = found[-1]
+    if not (folder / TRAINING_STATE).exists():
+        raise TrainingConfigError(f"{folder} is not a refiner checkpoint (no {TRAINING_STATE})")
+    return folder
+
+
+def train_refiner(args: RefinerArguments) -> Path:
+    """Train, save the Hub-shaped refiner (EMA weights) to `args.output_dir`, push it if asked."""
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    folder = _resume_folder(args)  # before the pairs: a wrong --resume fails at once
+    pairs, info = load_pairs(args)
+    torch.manual_seed(args.seed)
+    if folder is None:
+        sizes = {k: getattr(args, k) for k in MODEL_SIZES if getattr(args, k) is not None}
+        model = CSPNetModel(**sizes)
+    else:
+        model = CSPNetModel.from_pretrained(folder / "model")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, args.warmup_steps, args.max_steps, min_lr=args.min_learning_rate
+    )
+    ema = EMAModel(model.parameters(), decay=args.ema_decay)
+    log: list[dict] = []
+    start = 0
+    if folder is not None:
+        state = torch.load(folder / TRAINING_STATE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        ema.load_state_dict(state["ema"])
+        start, log = state["step"], state["log"]
+        logger.info("resumed from %s at step %d", folder, start)
+    model.train()
+    n = len(pairs.x1)
+    running, began = [], time.perf_counter()
+    for step in tqdm(
+        range(start, args.max_steps), initial=start, total=args.max_steps, desc="refiner", unit=" steps"
+    ):
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        x0, x1 = pairs.batch(_batch_indices(step, args.batch_size, n, args.seed), generator)
+        t = torch.rand(x1.num_crystals, generator=generator)
+        target = interpolate((x0.frac_coords, x0.lattice), (x1.frac_coords, x1.lattice), t, x1.crystal_index)
+        prediction = model(x1.atom_types, target.frac_coords, target.lattice, t, x1.crystal_index)
+        loss = flow_matching_loss(prediction, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        ema.step(model.parameters())
+        running.append(loss.item())
+        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
+            log.append(
+                {
+                    "step": step + 1,
+                    "loss": float(np.mean(running)),
+                    "learning_rate": schedule.get_last_lr()[0],
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+            )
+            running = []
+        if (step + 1) % args.save_steps == 0 and step + 1 < args.max_steps:
+            _save_checkpoint(
+                args.checkpoint_dir / f"checkpoint-{step + 1}", model, ema, optimizer, schedule, step + 1, log
+            )
+    return _finish(args, model, ema, log, info)
+
+
+def _finish(args: RefinerArguments, model: CSPNetModel, ema: EMAModel, log: list[dict], info: dict) -> Path:
+    out = Path(args.output_dir)
+    ema.copy_to(model.parameters())
+    scheduler = CrystalFlowScheduler(
+        anti_annealing_slope=args.anti_annealing_slope, anti_annealing_offset=args.anti_annealing_offset
+    )
+    CrystalRefinerPipeline(model=model.eval(), scheduler=scheduler).save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    _plot_loss(log, out / "loss.png")
+    repo_id = args.hub_model_id or out.name
+    hyperparameters = {
+        k: v for k, v in asdict(args).items() if v is not None and k not in _NOT_HYPERPARAMETERS + MODEL_SIZES
+    }
+    results = {
+        **info,
+        "optimizer steps": log[-1]["step"] if log else 0,
+        "first logged loss": round(log[0]["loss"], 4) if log else None,
+        "last logged loss": round(log[-1]["loss"], 4) if log else None,
+    }
+    dataset = args.dataset_id or (None if Path(args.dataset).exists() else args.dataset)
+    llm_id = args.llm if args.base == "llm" and args.llm and not Path(args.llm).exists() else None
+    card = render_model_card(
+        "refiner",
+        repo_id=repo_id,
+        base_model=llm_id,
+        datasets=[dataset] if dataset else [],
+        license=args.license,
+        hyperparameters=hyperparameters,
+        training_results={k: v for k, v in results.items() if v is not None},
+        architecture={k: v for k, v in model.config.items() if not k.startswith("_")},
+    )
+    card.save(out / "README.md")
+    if args.push_to_hub:
+        url = push_folder(
+            out, repo_id, private=args.hub_private_repo, ignore_patterns=[f"{CHECKPOINT_SUBDIR}/*"]
+        )
+        logger.info("pushed %s to %s", out, url)
+    return out
+
+
+def _plot_loss(log: list[dict], path: Path) -> None:
+    if not log:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([e["step"] for e in log], [e["loss"] for e in log])
+    ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="refiner training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> RefinerArguments:
+    """`RefinerArguments` from `argv` (default: sys.argv[1:]), a `--config` YAML included."""
+    (args,) = parse_configs(TrainingParser((RefinerArguments,), prog=prog), argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """`hf-crystal train refiner` and training/train_refiner.py: parse `argv`, train; returns the output folder."""
+    return train_refiner(parse_args(argv, prog))
