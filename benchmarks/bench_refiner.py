@@ -7,9 +7,12 @@ random structures of 4-20 atoms. Throughput does not depend on training, so the 
     python benchmarks/bench_refiner.py --threads 1
     python benchmarks/bench_refiner.py --sizes 64x3 128x3x64 --steps 10 100 --batch-sizes 64 --threads 2
 
-A size is HIDDENxLAYERS or HIDDENxLAYERSxEDGE (edge width, default HIDDEN // 2); "default" is the model's default
-configuration. On a CPU shared with other jobs,
-one thread is often faster than two (threads that wait on a busy core stall the whole step).
+A size is HIDDENxLAYERS[xEDGE[xFREQS]] (edge width, default HIDDEN // 2; Fourier frequencies, default the model's);
+"default" is the model's default configuration.
+
+On a CPU shared with other jobs, OpenMP threads that spin-wait for a busy core stall every small op: with two
+threads on a loaded 2-core machine the default model fell from ~60 to ~1 structure/s. Use ``--threads 1`` or set
+``OMP_WAIT_POLICY=PASSIVE`` before starting Python.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ def load_structures(path: Path, n: int, seed: int) -> tuple[list[Structure], str
 def model_config(size: str) -> dict:
     if size == "default":
         return {}
-    hidden, layers, *edge = (int(part) for part in size.split("x"))
-    return {"hidden_dim": hidden, "num_layers": layers, "edge_dim": edge[0] if edge else hidden // 2}
+    hidden, layers, *rest = (int(part) for part in size.split("x"))
+    config = {"hidden_dim": hidden, "num_layers": layers, "edge_dim": rest[0] if rest else hidden // 2}
+    return config | ({"num_freqs": rest[1]} if len(rest) > 1 else {})
 
 
 def main() -> None:

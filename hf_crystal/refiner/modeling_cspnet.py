@@ -120,8 +120,8 @@ class CSPNetModel(ModelMixin, ConfigMixin):
     def __init__(
         self,
         hidden_dim: int = 128,
-        edge_dim: int = 64,
-        num_layers: int = 3,
+        edge_dim: int = 32,
+        num_layers: int = 4,
         time_dim: int = 64,
         num_freqs: int = 16,
         max_atomic_number: int = 100,
