@@ -15,7 +15,7 @@ import json
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "DataFormatError",
     "Record",
     "SampleWriter",
+    "append_structures",
     "build_dataset",
     "cif_block",
     "iter_records",
@@ -462,6 +463,40 @@ _SAMPLE_ID = re.compile(r"sample-(\d+)")
 _CSV_COLUMNS = ("material_id", "text", "valid", "error", "conditions", "attempts", "formula", "cif")
 
 
+#: Files that hold structures only (no text, no errors): what `append_structures` writes.
+STRUCTURE_FORMATS = (".cif", ".extxyz")
+
+
+def append_structures(
+    path: str | Path, named: Sequence[tuple[str, Structure]], valid: Sequence[bool] | None = None
+) -> int:
+    """Append (name, structure) pairs to a multi-block .cif or an .extxyz file; returns how many.
+
+    Names become the CIF block names (`data_<name>`) or the extxyz `material_id`; `valid` flags go to extxyz.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in STRUCTURE_FORMATS:
+        raise DataFormatError(f"cannot write structures to {path}: use one of {', '.join(STRUCTURE_FORMATS)}")
+    if suffix == ".cif":
+        with path.open("a") as handle:
+            handle.writelines(cif_block(structure, name) + "\n" for name, structure in named)
+        return len(named)
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = []
+    for i, (name, structure) in enumerate(named):
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.info["material_id"] = name
+        if valid is not None:
+            atoms.info["valid"] = bool(valid[i])
+        frames.append(atoms)
+    if frames:
+        write(path, frames, format="extxyz", append=True)
+    return len(frames)
+
+
 class SampleWriter:
     """Appends generated samples to a .cif (multi-block), .extxyz, .csv or .jsonl file, one flush per batch.
 
@@ -488,24 +523,13 @@ class SampleWriter:
     def write(self, samples: list[dict[str, Any]], start: int) -> int:
         """Append `samples` numbered from `start`; returns how many entries the file gained."""
         rows = [(f"sample-{start + i:06d}", sample) for i, sample in enumerate(samples)]
-        parsed = [(name, s) for name, s in rows if s.get("structure") is not None]
-        if self.suffix == ".cif":
-            with self.path.open("a") as handle:
-                for name, sample in parsed:
-                    handle.write(cif_block(sample["structure"], name) + "\n")
-            return len(parsed)
-        if self.suffix == ".extxyz":
-            from ase.io import write
-            from pymatgen.io.ase import AseAtomsAdaptor
-
-            frames = []
-            for name, sample in parsed:
-                atoms = AseAtomsAdaptor.get_atoms(sample["structure"])
-                atoms.info.update(material_id=name, valid=bool(sample["valid"]))
-                frames.append(atoms)
-            if frames:
-                write(self.path, frames, format="extxyz", append=True)
-            return len(frames)
+        if self.suffix in STRUCTURE_FORMATS:
+            parsed = [(name, s) for name, s in rows if s.get("structure") is not None]
+            return append_structures(
+                self.path,
+                [(name, s["structure"]) for name, s in parsed],
+                valid=[s["valid"] for _, s in parsed],
+            )
         records = [self._record(name, sample) for name, sample in rows]
         if self.suffix == ".jsonl":
             with self.path.open("a") as handle:

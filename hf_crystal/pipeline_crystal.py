@@ -11,7 +11,10 @@ Each sample is a dict: `text` (what the model wrote), `structure` (a `Structure`
 does not parse), `valid` (structural and compositional validity, SPEC 5), `error` (why it did not
 parse), `conditions` (as the prompt stated them) and `attempts` (samples drawn for this slot:
 1, or more with `until_valid=True`; the sum over a result is what was generated). Nothing raises for
-bad model output. For file formats use `structure.to(fmt="cif")` or `hf_crystal.data.SampleWriter`.
+bad model output. With a refiner (`refiner=` at construction: a `CrystalRefinerPipeline`, folder or Hub
+id), each sample also carries `refined_structure` and `refined_valid`: the LLM's structure moved by the
+FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the LLM did not write parseably
+(passed through untouched). For file formats use `structure.to(fmt="cif")` or `hf_crystal.data.SampleWriter`.
 Infill (masked element) is the separate task "crystal-infill" (`hf_crystal.pipeline_infill`).
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from pymatgen.core import Composition
 from torch.nn.utils.rnn import pad_sequence
@@ -51,7 +55,9 @@ class CrystalGenerationPipeline(Pipeline):
             fixes the composition exactly (see `hf_crystal.constraints`).
         elements: restrict constrained decoding to these element symbols.
         max_sites: the most sites a constrained sample may have.
-        until_valid: resample each invalid slot, at most `max_attempts` samples per slot.
+        until_valid: resample each invalid slot, at most `max_attempts` samples per slot (validity of the
+            LLM's structure, before refinement).
+        refine_steps: Euler steps of the refiner (default: the refiner's own default).
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.
@@ -68,9 +74,16 @@ class CrystalGenerationPipeline(Pipeline):
         do_sample=True, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_new_tokens=1024
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, refiner=None, **kwargs):
         super().__init__(*args, **kwargs)
         prepare_for_batched_generation(self.tokenizer)
+        if refiner is not None and not hasattr(refiner, "scheduler"):  # a folder or Hub id
+            from hf_crystal.refiner import CrystalRefinerPipeline
+
+            refiner = CrystalRefinerPipeline.from_pretrained(refiner)
+        if refiner is not None:
+            refiner.set_progress_bar_config(disable=True)  # one bar per generation call is enough
+        self.refiner = refiner
 
     def _sanitize_parameters(
         self,
@@ -79,6 +92,7 @@ class CrystalGenerationPipeline(Pipeline):
         max_sites=None,
         until_valid=None,
         max_attempts=None,
+        refine_steps=None,
         temperature=None,
         **generate_kwargs,
     ):
@@ -87,7 +101,11 @@ class CrystalGenerationPipeline(Pipeline):
             if value is not None:
                 preprocess[key] = value
         forward = dict(generate_kwargs)
-        for key, value in (("until_valid", until_valid), ("max_attempts", max_attempts)):
+        for key, value in (
+            ("until_valid", until_valid),
+            ("max_attempts", max_attempts),
+            ("refine_steps", refine_steps),
+        ):
             if value is not None:
                 forward[key] = value
         if temperature == 0:  # greedy, the way users write it
@@ -141,9 +159,11 @@ class CrystalGenerationPipeline(Pipeline):
         model_inputs: dict,
         until_valid: bool = False,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        refine_steps: int | None = None,
         **kwargs,
     ) -> dict:
-        """Generate `num_return_sequences` samples per prompt; with `until_valid`, resample invalid ones."""
+        """Generate `num_return_sequences` samples per prompt; with `until_valid`, resample invalid ones;
+        with a refiner, refine every parsed sample of the batch in one go."""
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
         constraints = model_inputs["constraint"]
         if not isinstance(constraints, list):  # an unbatched input
@@ -171,11 +191,29 @@ class CrystalGenerationPipeline(Pipeline):
             logger.warning("some samples are still invalid after %d attempts each", max_attempts)
         generated = pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
         batch = input_ids.shape[0]
-        return {
+        outputs = {
             "generated": generated.reshape(batch, per_prompt, -1),
             "attempts": torch.tensor(attempts).reshape(batch, per_prompt),
             "conditions": model_inputs["conditions"],
         }
+        if self.refiner is not None:
+            # An object array, which the pipeline's batching splits like a tensor: (batch, per_prompt).
+            refined = np.empty(len(rows), dtype=object)
+            refined[:] = self._refine(rows, refine_steps)
+            outputs["refined"] = refined.reshape(batch, per_prompt)
+        return outputs
+
+    def _refine(self, rows: list, refine_steps: int | None) -> list:
+        """The refined structure of each row, None where the LLM's text does not parse."""
+        structures = [
+            try_decode(self.tokenizer.decode(tokens, skip_special_tokens=True))[0] for tokens in rows
+        ]
+        parsed = [s for s in structures if s is not None]
+        options = {} if refine_steps is None else {"num_inference_steps": refine_steps}
+        refined = iter(
+            self.refiner(parsed, batch_size=max(len(parsed), 1), **options).structures if parsed else []
+        )
+        return [None if s is None else next(refined) for s in structures]
 
     def _generate(self, input_ids, attention_mask, constraints, per_prompt: int, kwargs: dict) -> list:
         """The new tokens of each sample of a left-padded prompt batch (`per_prompt` rows per prompt)."""
@@ -200,7 +238,12 @@ class CrystalGenerationPipeline(Pipeline):
         conditions = model_outputs["conditions"]
         generated = model_outputs["generated"].reshape(-1, model_outputs["generated"].shape[-1])
         attempts = model_outputs["attempts"].reshape(-1).tolist()
-        return [
+        samples = [
             {**self._decode(tokens), "conditions": dict(conditions), "attempts": n}
             for tokens, n in zip(generated, attempts, strict=True)
         ]
+        if "refined" in model_outputs:
+            for sample, refined in zip(samples, model_outputs["refined"].reshape(-1), strict=True):
+                sample["refined_structure"] = refined
+                sample["refined_valid"] = refined is not None and validity_flags(refined)["valid"]
+        return samples

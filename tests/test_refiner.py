@@ -28,7 +28,7 @@ from hf_crystal.refiner import (
 )
 from hf_crystal.refiner.manifold import ANGLE_MARGIN, ANGLE_MAX, ANGLE_MIN
 
-TINY = dict(hidden_dim=32, edge_dim=16, num_layers=2, time_dim=16, num_freqs=4, max_atomic_number=100)
+TINY = dict(hidden_dim=32, edge_dim=16, num_layers=2, time_dim=16, num_freqs=4)
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_crystal.commands import codec, dataset, evaluate, generate, train
+from hf_crystal.commands import codec, dataset, evaluate, generate, refine, train
 from hf_crystal.commands.errors import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -20,12 +20,13 @@ __all__ = ["UsageError", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-crystal",
-        description="Crystal structures as text: build datasets, train, generate and evaluate.",
+        description="Crystal structures as text: build datasets, train, generate, refine and evaluate.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dataset.add_parser(commands)
     codec.add_parsers(commands)
     generate.add_parser(commands)
+    refine.add_parser(commands)
     train.add_parser(commands)
     evaluate.add_parser(commands)
     return parser

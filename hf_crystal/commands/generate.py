@@ -1,4 +1,8 @@
-"""`hf-crystal generate`: sample crystals from a model or adapter and write them as they come."""
+"""`hf-crystal generate`: sample crystals from a model or adapter and write them as they come.
+
+With `--refiner`, `--out` gets the refined structures and `<stem>.llm<suffix>` beside it the LLM's own
+(so both can be evaluated); samples the LLM did not write parseably are passed through, and counted.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from hf_crystal.data import SampleWriter
     from hf_crystal.hub import load_crystal_model
 
-    writer = SampleWriter(args.out)  # checks the suffix before the model loads
+    out = Path(args.out)
+    writer = SampleWriter(out)  # checks the suffix before the model loads
+    llm_writer = SampleWriter(out.with_suffix(".llm" + out.suffix)) if args.refiner else None
     start = writer.next_index() if args.resume else 0
-    if not args.resume and Path(args.out).exists():
+    if not args.resume and (out.exists() or (llm_writer and llm_writer.path.exists())):
         raise UsageError(f"{args.out} exists: pass --resume to continue it, or choose another --out")
     conditions = {
         key: value
@@ -33,24 +39,38 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if value is not None
     }
     model, tokenizer = load_crystal_model(args.model, revision=args.revision)
-    pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
+    pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=args.refiner)
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
+    if args.refine_steps is not None:
+        options["refine_steps"] = args.refine_steps
     for key in ("temperature", "top_p", "max_new_tokens"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    totals = {"generated": 0, "parsed": 0, "valid": 0, "written": 0}
+    totals = {"generated": 0, "parsed": 0, "valid": 0, "refined valid": 0, "written": 0}
     with tqdm(total=args.num, initial=min(start, args.num), unit=" crystals", desc="generating") as bar:
         for index in range(start, args.num, args.batch_size):
             n = min(args.batch_size, args.num - index)
             seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
             samples = pipe(conditions, num_return_sequences=n, seed=seed, **options)
-            totals["written"] += writer.write(samples, start=index)
             totals["generated"] += n
             totals["parsed"] += sum(s["structure"] is not None for s in samples)
             totals["valid"] += sum(s["valid"] for s in samples)
+            if llm_writer is not None:
+                llm_writer.write(samples, start=index)
+                samples = [
+                    {**s, "structure": s["refined_structure"], "valid": s["refined_valid"]} for s in samples
+                ]
+                totals["refined valid"] += sum(s["valid"] for s in samples)
+            totals["written"] += writer.write(samples, start=index)
             bar.update(n)
+    refined = (
+        f"; refined {totals['parsed']} (valid {totals['refined valid']}), passed through "
+        f"{totals['generated'] - totals['parsed']} unparsed; LLM samples in {llm_writer.path}"
+        if llm_writer
+        else ""
+    )
     print(
-        f"generated {totals['generated']}, parsed {totals['parsed']}, valid {totals['valid']}; "
+        f"generated {totals['generated']}, parsed {totals['parsed']}, valid {totals['valid']}{refined}; "
         f"wrote {totals['written']} to {args.out}" + (f" (resumed at sample {start})" if start else "")
     )
     return 0
@@ -78,6 +98,8 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
     gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
+    gen.add_argument("--refiner", help="FlowLLM refiner (folder or Hub id) applied to every parsed sample")
+    gen.add_argument("--refine-steps", type=int, help="Euler steps of the refiner (default 100)")
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
     gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")
     gen.set_defaults(func=_cmd_generate)

@@ -110,7 +110,8 @@ class CSPNetModel(ModelMixin, ConfigMixin):
         num_layers (`int`): Message-passing layers.
         time_dim (`int`): Width of the sinusoidal time embedding.
         num_freqs (`int`): Fourier frequencies k = 1..num_freqs of the fractional differences.
-        max_atomic_number (`int`): Largest atomic number of the atom-type embedding.
+        max_atomic_number (`int`): Largest atomic number of the atom-type embedding (118: every element an LLM
+            can write, even those absent from the training data).
 
     FlowMM's size is hidden 512, 6 layers, time 256, 128 frequencies; the defaults are CPU-sized (see
     benchmarks/bench_refiner.py).
@@ -124,7 +125,7 @@ class CSPNetModel(ModelMixin, ConfigMixin):
         num_layers: int = 4,
         time_dim: int = 64,
         num_freqs: int = 16,
-        max_atomic_number: int = 100,
+        max_atomic_number: int = 118,
     ):
         super().__init__()
         self.atom_embedding = nn.Embedding(max_atomic_number + 1, hidden_dim)

@@ -14,7 +14,7 @@ from pymatgen.core import Structure
 
 from hf_crystal.refiner.batching import CrystalBatch
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
-from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler
+from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
 
 # CPU-sized default; FlowMM samples with 1000 Euler steps and FlowLLM shows structural validity rising with the
 # number of steps (see benchmarks/bench_refiner.py for the cost).
@@ -73,19 +73,29 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         structures: Sequence[Structure],
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> CrystalRefinerPipelineOutput | tuple[list[Structure]]:
         """Refine `structures` (ordered pymatgen structures), `batch_size` at a time.
 
         Each cell is Niggli-reduced first (angles then lie inside the refiner's interval); coordinates and lattice
-        are integrated with `num_inference_steps` Euler steps. Shows a progress bar over batches.
+        are integrated with `num_inference_steps` Euler steps. Shows a progress bar over batches. A refiner whose
+        scheduler starts from the uniform base (`base_distribution="uniform"`) keeps only the atoms of the
+        structures and draws positions and lattice with `generator`.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         refined = []
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
-            batch = CrystalBatch.from_structures(chunk).to(self.device, self.model.dtype)
+            batch = CrystalBatch.from_structures(chunk)
+            if self.scheduler.config.base_distribution == "uniform":
+                config = self.scheduler.config
+                coords, lattice, _ = sample_uniform_base(
+                    batch.num_atoms, config.log_length_mean, config.log_length_std, generator=generator
+                )
+                batch = batch.replace(frac_coords=coords, lattice=lattice)
+            batch = batch.to(self.device, self.model.dtype)
             refined.extend(self._integrate(batch, num_inference_steps).to_structures())
         if not return_dict:
             return (refined,)

@@ -26,6 +26,7 @@ from hf_crystal.refiner.manifold import (
 # FlowMM (its training configuration): the coordinate term of the loss weighs 400 times the lattice term.
 COORD_LOSS_WEIGHT = 400.0
 LATTICE_LOSS_WEIGHT = 1.0
+BASE_DISTRIBUTIONS = ("llm", "uniform")
 
 
 @dataclass
@@ -69,6 +70,11 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
             `1 + anti_annealing_slope * relu(t - anti_annealing_offset)`, which sharpens the end of the flow.
         anti_annealing_offset (`float`, defaults to 0):
             Time after which anti-annealing starts.
+        base_distribution (`str`, defaults to "llm"):
+            Where the flow starts: "llm", the given structures (FlowLLM); "uniform", a draw of FlowMM's base
+            (`sample_uniform_base`) with the given structures' atoms, for a refiner trained from that base.
+        log_length_mean, log_length_std (`list[float]` of 3, only for the uniform base):
+            Mean and std of log(lattice length in Å) of the log-normal base, fitted on the training set.
 
     Call `set_timesteps` before sampling. A scheduler tracks the current step and should not be shared by
     concurrent generations.
@@ -77,7 +83,20 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     @register_to_config
-    def __init__(self, anti_annealing_slope: float = 0.0, anti_annealing_offset: float = 0.0):
+    def __init__(
+        self,
+        anti_annealing_slope: float = 0.0,
+        anti_annealing_offset: float = 0.0,
+        base_distribution: str = "llm",
+        log_length_mean: list[float] | None = None,
+        log_length_std: list[float] | None = None,
+    ):
+        if base_distribution not in BASE_DISTRIBUTIONS:
+            raise ValueError(
+                f"base_distribution must be one of {BASE_DISTRIBUTIONS}, got {base_distribution!r}"
+            )
+        if base_distribution == "uniform" and (log_length_mean is None or log_length_std is None):
+            raise ValueError("the uniform base needs log_length_mean and log_length_std (3 values each)")
         self.timesteps = None
         self._times = None
         self._step_index = None

@@ -297,14 +297,25 @@ def train_refiner(args: RefinerArguments) -> Path:
             _save_checkpoint(
                 args.checkpoint_dir / f"checkpoint-{step + 1}", model, ema, optimizer, schedule, step + 1, log
             )
-    return _finish(args, model, ema, log, info)
+    return _finish(args, model, ema, pairs, log, info)
 
 
-def _finish(args: RefinerArguments, model: CSPNetModel, ema: EMAModel, log: list[dict], info: dict) -> Path:
+def _finish(
+    args: RefinerArguments, model: CSPNetModel, ema: EMAModel, pairs: _Pairs, log: list[dict], info: dict
+) -> Path:
     out = Path(args.output_dir)
     ema.copy_to(model.parameters())
+    base = {}
+    if args.base == "uniform":
+        base = {
+            "base_distribution": "uniform",
+            "log_length_mean": pairs.log_length_mean.tolist(),
+            "log_length_std": pairs.log_length_std.tolist(),
+        }
     scheduler = CrystalFlowScheduler(
-        anti_annealing_slope=args.anti_annealing_slope, anti_annealing_offset=args.anti_annealing_offset
+        anti_annealing_slope=args.anti_annealing_slope,
+        anti_annealing_offset=args.anti_annealing_offset,
+        **base,
     )
     CrystalRefinerPipeline(model=model.eval(), scheduler=scheduler).save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
