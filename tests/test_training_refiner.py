@@ -13,6 +13,7 @@ from transformers import pipeline
 import hf_crystal  # noqa: F401  (registers the tasks)
 from hf_crystal.refiner import CrystalRefinerPipeline
 from hf_crystal.testing import save_tiny_llama
+from hf_crystal.text import decode
 from hf_crystal.training import pairs as pairs_module
 from hf_crystal.training.common import TrainingConfigError
 from hf_crystal.training.pairs import PairSettings, assign_atoms, build_pairs, transport_cost
@@ -44,6 +45,19 @@ def test_assignment_refuses_different_compositions():
         assign_atoms(rocksalt(), sodium_nitride())
 
 
+def test_pairs_keep_overlapping_atoms(tmp_path):
+    """An LLM may write two atoms on one spot: the pair cache keeps both (a CIF reader would merge them)."""
+    overlapping = "5.0 5.0 5.0\n90 90 90\nNa\n0.10 0.10 0.10\nCl\n0.10 0.10 0.10"
+
+    def fake_pipe(conditions, **kwargs):
+        return [[{"text": overlapping, "structure": decode(overlapping), "error": None}] for _ in conditions]
+
+    x1 = Structure(rocksalt().lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    (row,) = build_pairs(fake_pipe, ["x"], [x1], tmp_path, model_name="fake")
+    x0 = Structure.from_str(row["x0"], fmt="json")
+    assert len(x0) == 2 and x0.composition == x1.composition
+
+
 def test_transport_cost_ignores_a_common_translation():
     x1 = rocksalt()
     x0 = Structure(x1.lattice, x1.species, (x1.frac_coords + 0.37) % 1)
@@ -63,8 +77,8 @@ def test_pairs_are_cached_and_resume(setup, tmp_path, monkeypatch):
     first = build_pairs(pipe, ids, crystals, tmp_path, settings, model_name=str(llm))
     assert calls == [0, 1, 2] and len(first) == len(crystals)
     for row, x1 in zip(first, crystals, strict=True):
-        x0 = Structure.from_str(row["x0_cif"], fmt="cif")
-        target = Structure.from_str(row["x1_cif"], fmt="cif")
+        x0 = Structure.from_str(row["x0"], fmt="json")
+        target = Structure.from_str(row["x1"], fmt="json")
         assert x0.composition == x1.composition == target.composition
         assert [s.specie for s in x0] == [s.specie for s in target]  # paired site by site
         assert row["cost_assigned"] <= row["cost_index"] + 1e-12
@@ -72,11 +86,11 @@ def test_pairs_are_cached_and_resume(setup, tmp_path, monkeypatch):
     (folder / "pairs-00001.jsonl").unlink()  # as if interrupted during the second shard
     again = build_pairs(pipe, ids, crystals, tmp_path, settings, model_name=str(llm))
     assert calls == [0, 1, 2, 1]
-    assert again["x0_cif"] == first["x0_cif"]  # shards are seeded by their index
+    assert again["x0"] == first["x0"]  # shards are seeded by their index
     other = build_pairs(
         pipe, ids, crystals, tmp_path, PairSettings(batch_size=4, seed=1), model_name=str(llm)
     )
-    assert other["x0_cif"] != first["x0_cif"] and len(list(tmp_path.iterdir())) == 2
+    assert other["x0"] != first["x0"] and len(list(tmp_path.iterdir())) == 2
 
 
 # Fixed LLM pairs can be fitted closely; fresh uniform draws leave the velocity's irreducible variance.

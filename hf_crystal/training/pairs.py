@@ -34,9 +34,9 @@ SHARD_SIZE = 256
 FEATURES = Features(
     {
         "material_id": Value("string"),
-        "x1_cif": Value("string"),
+        "x1": Value("string"),
         "llm_text": Value("string"),
-        "x0_cif": Value("string"),
+        "x0": Value("string"),
         "error": Value("string"),
         "cost_index": Value("float64"),
         "cost_assigned": Value("float64"),
@@ -142,10 +142,10 @@ def _pair_rows(pipe, ids, structures, settings: PairSettings, shard: int) -> lis
     )
     rows = []
     for material_id, x1, (sample,) in zip(ids, targets, groups, strict=True):
-        row = {"material_id": material_id, "x1_cif": x1.to(fmt="cif"), "llm_text": sample["text"]}
+        row = {"material_id": material_id, "x1": x1.to(fmt="json"), "llm_text": sample["text"]}
         if sample["structure"] is None:  # cannot happen under constrained decoding, but never drop silently
             rows.append(
-                {**row, "x0_cif": None, "error": sample["error"], "cost_index": None, "cost_assigned": None}
+                {**row, "x0": None, "error": sample["error"], "cost_index": None, "cost_assigned": None}
             )
             continue
         x0 = sample["structure"].get_reduced_structure()
@@ -155,7 +155,7 @@ def _pair_rows(pipe, ids, structures, settings: PairSettings, shard: int) -> lis
         rows.append(
             {
                 **row,
-                "x0_cif": paired.to(fmt="cif"),
+                "x0": paired.to(fmt="json"),
                 "error": None,
                 "cost_index": transport_cost(x0, x1, by_index),
                 "cost_assigned": transport_cost(paired, x1),
@@ -176,8 +176,8 @@ def build_pairs(
 ) -> Dataset:
     """(x0, x1) pairs for `structures`, generated with `pipe` (a "crystal-generation" pipeline) or read from cache.
 
-    Columns: material_id, x1_cif and x0_cif (Niggli-reduced; x0's sites reordered to pair with x1's
-    site by site), llm_text (the LLM's raw sample), error (why x0 is missing, if it is),
+    Columns: material_id, x1 and x0 (pymatgen JSON, lossless: an LLM may put two atoms on one spot,
+    which a CIF reader would merge; Niggli-reduced; x0's sites reordered to pair with x1's site by site), llm_text (the LLM's raw sample), error (why x0 is missing, if it is),
     cost_index (FlowLLM's index pairing, per element) and cost_assigned
     (the optimal assignment), both from `transport_cost`. `model_name` / `revision` name the LLM in the
     cache key. Shards go to `cache_dir/<key>/`; a rerun resumes at the first missing shard.

@@ -185,12 +185,12 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
         pairs = build_pairs(
             pipe, ids, structures, cache, settings, model_name=args.llm, revision=args.llm_revision
         )
-        usable = pairs.filter(lambda row: row["x0_cif"] is not None)
+        usable = pairs.filter(lambda row: row["x0"] is not None)
         info["pairs without an LLM sample (skipped)"] = len(pairs) - len(usable)
         info["mean transport cost, index pairing"] = round(float(np.mean(usable["cost_index"])), 5)
         info["mean transport cost, optimal assignment"] = round(float(np.mean(usable["cost_assigned"])), 5)
-        x1 = [Structure.from_str(c, fmt="cif") for c in usable["x1_cif"]]
-        x0 = _singles([Structure.from_str(c, fmt="cif") for c in usable["x0_cif"]])
+        x1 = [Structure.from_str(c, fmt="json") for c in usable["x1"]]
+        x0 = _singles([Structure.from_str(c, fmt="json") for c in usable["x0"]])
     else:
         x1, x0 = [s.get_reduced_structure() for s in structures], None
     x1 = _singles(x1)
