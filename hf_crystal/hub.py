@@ -17,10 +17,15 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, Mod
 from hf_crystal.data import COMPUTED_COLUMNS, BuildReport
 
 __all__ = [
+    "CHECKPOINT_SUBDIR",
+    "FOLDER_KINDS",
     "MODEL_CARD_KINDS",
+    "HubFolderError",
     "TAGS",
     "MetricsFormatError",
+    "folder_kind",
     "load_crystal_model",
+    "pull",
     "push_folder",
     "read_metrics",
     "render_dataset_card",
@@ -95,13 +100,79 @@ def render_dataset_card(
     )
 
 
+#: Hub-shaped folder kinds hf-crystal writes: (repo type, files that must be there; globs allowed).
+FOLDER_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset": ("dataset", ("data/*.parquet", "README.md")),
+    "refiner": ("model", ("model_index.json", "model/config.json", "scheduler/scheduler_config.json")),
+    "adapter": ("model", ("adapter_config.json", "adapter_model.safetensors")),
+    "base": ("model", ("config.json", "*.safetensors", "tokenizer_config.json")),
+}
+#: Training runs keep checkpoints in this subfolder of their Hub-shaped output folder.
+CHECKPOINT_SUBDIR = "checkpoints"
+#: Never uploaded from a folder: training checkpoints (optimizer pickles) and the loss log.
+PUSH_IGNORE = [f"{CHECKPOINT_SUBDIR}/*", "train_log.json"]
+
+
+class HubFolderError(ValueError):
+    """A folder that is not one of the Hub-shaped kinds hf-crystal pushes."""
+
+
+def folder_kind(folder: str | Path) -> str:
+    """The kind of a Hub-shaped folder (a key of `FOLDER_KINDS`); HubFolderError says what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubFolderError(f"{folder} is not a folder")
+    missing = {}
+    for kind, (_, required) in FOLDER_KINDS.items():
+        absent = [pattern for pattern in required if not any(folder.glob(pattern))]
+        if not absent:
+            return kind
+        missing[kind] = absent
+    details = "; ".join(f"{kind} lacks {', '.join(files)}" for kind, files in missing.items())
+    raise HubFolderError(f"{folder} is not a dataset, base model, adapter or refiner folder: {details}")
+
+
 def push_folder(
-    folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool = False, **kw
-) -> str:
-    """Create `repo_id` if needed and upload `folder` as one commit; returns the commit URL."""
+    folder: str | Path,
+    repo_id: str,
+    *,
+    repo_type: str | None = None,
+    revision: str | None = None,
+    private: bool = False,
+    ignore_patterns: Sequence[str] = (),
+    **kw,
+):
+    """Upload a Hub-shaped folder (`folder_kind`) to `repo_id` as one commit; returns the `CommitInfo`.
+
+    The repo (and the `revision` branch) is created if needed; the repo type follows the folder's kind
+    unless given. A model folder without a card gets one rendered for its kind. Checkpoints and the loss
+    log are never uploaded (`PUSH_IGNORE`).
+    """
+    kind = folder_kind(folder)
+    repo_type = repo_type or FOLDER_KINDS[kind][0]
+    if repo_type != FOLDER_KINDS[kind][0]:
+        raise HubFolderError(f"{folder} is a {kind} folder: push it as repo type {FOLDER_KINDS[kind][0]!r}")
+    if not (Path(folder) / "README.md").exists():
+        render_model_card(kind, repo_id=repo_id).save(Path(folder) / "README.md")
     api = HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, **kw).commit_url
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=revision,
+        ignore_patterns=[*PUSH_IGNORE, *ignore_patterns],
+        **kw,
+    )
+
+
+def pull(repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> Path:
+    """Download a repo into the local Hub cache (`snapshot_download`) and return its folder there."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision))
 
 
 # Model cards: base model, LoRA adapter, refiner (templates in model_cards/).

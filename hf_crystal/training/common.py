@@ -41,7 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from hf_crystal.data import build_dataset, load_crystal_dataset
-from hf_crystal.hub import push_folder, render_model_card
+from hf_crystal.hub import CHECKPOINT_SUBDIR, push_folder, render_model_card
 from hf_crystal.prompts import CONDITIONS, DEFAULT_INFILL_FRACTION, TaskMix
 from hf_crystal.text import decode
 
@@ -67,8 +67,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Checkpoints live in this folder inside the output folder, so the output folder stays Hub-shaped.
-CHECKPOINT_SUBDIR = "checkpoints"
 # Gruver et al. 2024 (SPEC 3): cosine schedule with 100 warmup steps, 10 epochs.
 EPOCHS = 10
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -427,9 +425,8 @@ def finish_run(
         )
         card.save(out / "README.md")
         if training_args.push_to_hub:
-            ignore = [f"{CHECKPOINT_SUBDIR}/*", "train_log.json", *push_ignore]
             private = bool(training_args.hub_private_repo)
-            url = push_folder(out, repo_id, private=private, ignore_patterns=ignore)
+            url = push_folder(out, repo_id, private=private, ignore_patterns=push_ignore)
             logger.info("pushed %s to %s", out, url)
     trainer.accelerator.wait_for_everyone()
     return out

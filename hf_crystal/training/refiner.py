@@ -344,9 +344,7 @@ def _finish(
     )
     card.save(out / "README.md")
     if args.push_to_hub:
-        url = push_folder(
-            out, repo_id, private=args.hub_private_repo, ignore_patterns=[f"{CHECKPOINT_SUBDIR}/*"]
-        )
+        url = push_folder(out, repo_id, private=args.hub_private_repo)
         logger.info("pushed %s to %s", out, url)
     return out
 
