@@ -23,6 +23,8 @@ __all__ = [
     "HubFolderError",
     "TAGS",
     "MetricsFormatError",
+    "card_with_metrics",
+    "update_card",
     "folder_kind",
     "load_crystal_model",
     "pull",
@@ -313,6 +315,82 @@ def render_model_card(
         metrics_note=note,
         **template_kwargs,
     )
+
+
+_EVAL_START, _EVAL_END = "<!-- hf-crystal:evaluation -->", "<!-- /hf-crystal:evaluation -->"
+
+
+def card_with_metrics(
+    card: ModelCard,
+    metrics: str | Path | Mapping[str, Any],
+    *,
+    dataset_id: str | None = None,
+    source: str = "",
+) -> ModelCard:
+    """`card` with the numbers of `metrics` (see `read_metrics`) as its `model-index` and an evaluation section.
+
+    The numbers come only from the metrics; `source` (e.g. the metrics file or the command) and the sample
+    count are stated beside them. Rerunning replaces the section and the eval results instead of adding.
+    """
+    values, context = read_metrics(metrics)
+    if not values:
+        raise MetricsFormatError("the metrics hold no number to put on the card")
+    model_name = card.data.model_name or "model"
+    fallback = dataset_id or (card.data.datasets[0] if card.data.datasets else model_name)
+    results = _eval_results(values, context.get("dataset", {}), fallback)
+    card.data.model_name = model_name
+    card.data.eval_results = results
+    facts = [f"{context['n_samples']} samples" if "n_samples" in context else "", source]
+    facts += [f"hull: {context['hull']}" if "hull" in context else "", context.get("note", "")]
+    lines = [
+        _EVAL_START,
+        "## Evaluation results",
+        "",
+        f"Measured on {results[0].dataset_name} ({'; '.join(f for f in facts if f)}):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {r.metric_name} | {r.metric_value:.4g} |" for r in results),
+        _EVAL_END,
+    ]
+    section = "\n".join(lines)
+    text = card.text
+    if _EVAL_START in text and _EVAL_END in text:
+        head, rest = text.split(_EVAL_START, 1)
+        text = head + section + rest.split(_EVAL_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    return ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")
+
+
+def update_card(
+    folder_or_repo_id: str | Path,
+    metrics: str | Path | Mapping[str, Any],
+    *,
+    dataset_id: str | None = None,
+    push: bool = False,
+    source: str = "",
+) -> ModelCard:
+    """Put `metrics` on the card of a local model folder (README.md rewritten) or of a Hub model repo.
+
+    A Hub repo's card is uploaded back only with `push=True` (one commit). Returns the updated card.
+    """
+    folder = Path(folder_or_repo_id)
+    if folder.is_dir():
+        readme = folder / "README.md"
+        kind = folder_kind(folder)
+        if kind == "dataset":
+            raise HubFolderError(f"{folder} is a dataset: evaluation results go on a model's card")
+        card = ModelCard.load(readme) if readme.exists() else render_model_card(kind, repo_id=folder.name)
+        card = card_with_metrics(card, metrics, dataset_id=dataset_id, source=source)
+        card.save(readme)
+        return card
+    card = card_with_metrics(
+        ModelCard.load(str(folder_or_repo_id)), metrics, dataset_id=dataset_id, source=source
+    )
+    if push:
+        card.push_to_hub(str(folder_or_repo_id), commit_message="Evaluation results from hf-crystal")
+    return card
 
 
 def load_crystal_model(path_or_repo_id: str | Path, revision: str | None = None, **model_kwargs):

@@ -148,3 +148,18 @@ def test_importing_the_command_loads_nothing_heavy():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_evaluate_puts_the_results_on_a_card(files, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from hf_crystal.testing import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "model")
+    _, metrics = _run(files, tmp_path, "--no-relax", "--card", str(model))
+    card = ModelCard.load(model / "README.md")
+    on_card = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert (
+        on_card["struct_valid"] == metrics["struct_valid"] and on_card["novel_rate"] == metrics["novel_rate"]
+    )
+    assert "3 samples" in card.text and "hf-crystal evaluate" in card.text

@@ -96,3 +96,40 @@ def test_push_refuses_other_folders(tmp_path, hub_server, capsys):
     assert not HfApi().repo_exists(repo_id)  # refused before anything was created
     with pytest.raises(HubFolderError, match="is not a folder"):
         folder_kind(tmp_path / "notes.txt")
+
+
+METRICS = {
+    "n_samples": 200,
+    "struct_valid": 0.93,
+    "comp_valid": 0.81,
+    "hull": "test hull",
+    "stable_rate": None,
+}
+
+
+def test_card_command_on_a_folder_and_a_repo(folders, tmp_path, hub_server, capsys):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(METRICS))
+    folder = tmp_path / "refiner"
+    shutil.copytree(folders["refiner"], folder)
+    for _ in range(2):  # a second run replaces, never duplicates
+        assert main(["card", str(folder), "--metrics", str(metrics), "--dataset-id", "USER/mp20"]) == 0
+    card = ModelCard.load(folder / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"struct_valid": 0.93, "comp_valid": 0.81}  # None is no measurement
+    assert card.text.count("## Evaluation results") == 1 and "200 samples" in card.text
+    assert card.data.eval_results[0].dataset_name == "USER/mp20"
+
+    repo_id = hub_server.repo_id("carded")
+    assert main(["push", str(folders["adapter"]), repo_id]) == 0
+    assert main(["card", repo_id, "--metrics", str(metrics), "--push"]) == 0
+    loaded = ModelCard.load(repo_id)
+    assert {r.metric_type: r.metric_value for r in loaded.data.eval_results} == results
+    assert main(["card", str(folder), "--metrics", str(metrics), "--push"]) == 2
+    (tmp_path / "empty.json").write_text("{}")
+    assert main(["card", str(folder), "--metrics", str(tmp_path / "empty.json")]) == 2
+    assert "no number" in capsys.readouterr().err

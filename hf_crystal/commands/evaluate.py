@@ -54,6 +54,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, help="evaluate only the first N samples / reference / train structures"
     )
+    p.add_argument(
+        "--card",
+        metavar="MODEL",
+        help="also put the results on this model's card: a local folder (README.md) or a Hub repo (pushed)",
+    )
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -117,4 +122,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_report(result, args.out)
     print(json.dumps(result.metrics, indent=2))
     print(f"wrote {args.out}/metrics.json, samples.csv and report.md", file=sys.stderr)
+    if args.card:
+        from hf_crystal.hub import update_card
+
+        source = f"hf-crystal evaluate {args.samples} --reference {args.reference}"
+        update_card(args.card, result.metrics, push=not Path(args.card).is_dir(), source=source)
+        print(f"evaluation results written to the card of {args.card}", file=sys.stderr)
     return 0
