@@ -28,6 +28,7 @@ from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from tqdm.auto import tqdm
 
+from hf_crystal.hub_access import snapshot
 from hf_crystal.text import encode, try_decode
 
 __all__ = [
@@ -454,8 +455,15 @@ def verify_saved_dataset(out_dir: str | Path, dataset: DatasetDict) -> DatasetDi
 
 
 def load_crystal_dataset(path_or_repo_id: str | Path, split: str | None = None, revision: str | None = None):
-    """A crystal dataset from a local folder (as `save_dataset` writes it) or a Hub dataset id."""
-    return load_dataset(str(path_or_repo_id), split=split, revision=revision)
+    """A crystal dataset from a local folder (as `save_dataset` writes it) or a Hub dataset id.
+
+    A Hub dataset goes through the local Hub cache (`hf-crystal pull --repo-type dataset` fills it), so
+    it loads offline once downloaded.
+    """
+    folder = Path(path_or_repo_id)
+    if not folder.is_dir():
+        folder = snapshot(str(path_or_repo_id), repo_type="dataset", revision=revision)
+    return load_dataset(str(folder), split=split)
 
 
 SAMPLE_FORMATS = (".cif", ".extxyz", ".csv", ".jsonl")

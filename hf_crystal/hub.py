@@ -15,6 +15,7 @@ from datasets import DatasetDict
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 
 from hf_crystal.data import COMPUTED_COLUMNS, BuildReport
+from hf_crystal.hub_access import UnsafeWeightsError, offline_errors, snapshot
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
@@ -23,6 +24,7 @@ __all__ = [
     "HubFolderError",
     "TAGS",
     "MetricsFormatError",
+    "PushError",
     "card_with_metrics",
     "update_card",
     "folder_kind",
@@ -119,6 +121,10 @@ class HubFolderError(ValueError):
     """A folder that is not one of the Hub-shaped kinds hf-crystal pushes."""
 
 
+class PushError(OSError):
+    """A push that did not complete; nothing of it was committed."""
+
+
 def folder_kind(folder: str | Path) -> str:
     """The kind of a Hub-shaped folder (a key of `FOLDER_KINDS`); HubFolderError says what is missing."""
     folder = Path(folder)
@@ -160,21 +166,26 @@ def push_folder(
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    return api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        ignore_patterns=[*PUSH_IGNORE, *ignore_patterns],
-        **kw,
-    )
+    try:
+        return api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            ignore_patterns=[*PUSH_IGNORE, *ignore_patterns],
+            **kw,
+        )
+    except Exception as err:  # huggingface_hub has already retried what it retries (transient errors)
+        raise PushError(
+            f"pushing {folder} to {repo_id} failed ({type(err).__name__}: {err}). Nothing was committed: a Hub "
+            f"commit is atomic, so {repo_id} is unchanged (large files already uploaded are not sent again). "
+            "Fix the cause and push again."
+        ) from err
 
 
 def pull(repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> Path:
-    """Download a repo into the local Hub cache (`snapshot_download`) and return its folder there."""
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision))
+    """Download a repo into the local Hub cache (for offline use later) and return its folder there."""
+    return snapshot(repo_id, repo_type=repo_type, revision=revision)
 
 
 # Model cards: base model, LoRA adapter, refiner (templates in model_cards/).
@@ -393,27 +404,56 @@ def update_card(
     return card
 
 
-def load_crystal_model(path_or_repo_id: str | Path, revision: str | None = None, **model_kwargs):
+def load_crystal_model(
+    path_or_repo_id: str | Path, revision: str | None = None, *, allow_pickle: bool = False, **model_kwargs
+):
     """(model, tokenizer) from a full model or a LoRA adapter, as a local folder or a Hub id.
 
     For an adapter, the base comes from its adapter_config (at the base revision recorded there) and
     `revision` pins the adapter only; the adapter's own tokenizer is used when it ships one.
     (transformers' `pipeline(model=ADAPTER, revision=R)` applies R to the base repo too and always
     takes the base's tokenizer: pass the result of this function to `pipeline` instead.)
+    Weights load only from safetensors (`UnsafeWeightsError` otherwise) unless `allow_pickle`; offline,
+    a repo missing from the cache raises `HubOfflineError` (see `hf_crystal.hub_access`).
     """
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import cached_file, find_adapter_config_file
+    from transformers.utils import find_adapter_config_file
 
     source = str(path_or_repo_id)
-    if find_adapter_config_file(source, revision=revision) is None:
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
-        return model, AutoTokenizer.from_pretrained(source, revision=revision)
-    model = AutoPeftModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
-    ships_tokenizer = cached_file(
-        source, "tokenizer_config.json", revision=revision, _raise_exceptions_for_missing_entries=False
+    model_kwargs = {"use_safetensors": None if allow_pickle else True, **model_kwargs}
+    with offline_errors(source):
+        adapter = find_adapter_config_file(source, revision=revision) is not None
+        weights = (
+            ("adapter_model.safetensors",)
+            if adapter
+            else ("model.safetensors", "model.safetensors.index.json")
+        )
+        if not allow_pickle and not any(_has_file(source, revision, name) for name in weights):
+            pickles = (
+                ("adapter_model.bin",) if adapter else ("pytorch_model.bin", "pytorch_model.bin.index.json")
+            )
+            if any(_has_file(source, revision, name) for name in pickles):
+                raise UnsafeWeightsError(_PICKLE_ONLY.format(source=source))
+        if not adapter:
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
+            return model, AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoPeftModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
+        if _has_file(source, revision, "tokenizer_config.json"):
+            return model, AutoTokenizer.from_pretrained(source, revision=revision)
+        config = model.peft_config["default"]
+        return model, AutoTokenizer.from_pretrained(config.base_model_name_or_path, revision=config.revision)
+
+
+_PICKLE_ONLY = (
+    "{source} has no safetensors weights, only pickle files, which can run code when loaded; hf-crystal "
+    "loads safetensors only. If you trust the source, pass allow_pickle=True (hf-crystal: --allow-pickle)."
+)
+
+
+def _has_file(source: str, revision: str | None, name: str) -> bool:
+    from transformers.utils import cached_file
+
+    return (
+        cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=False) is not None
     )
-    if ships_tokenizer:
-        return model, AutoTokenizer.from_pretrained(source, revision=revision)
-    config = model.peft_config["default"]
-    return model, AutoTokenizer.from_pretrained(config.base_model_name_or_path, revision=config.revision)

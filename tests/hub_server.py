@@ -12,7 +12,7 @@ HTTP code. It speaks the subset of the Hub API that those clients use (checked a
   lfsFile, deletedFile, deletedFolder; `create_pr=1` commits to a new `refs/pr/N`);
 - downloads: `HEAD`/`GET /{prefix}{id}/resolve/{rev}/{path}`, with single `Range` requests;
 - metadata: `GET /api/{type}s/{id}[/revision/{rev}]`, `GET .../tree/{rev}[/{path}]`, `POST .../paths-info/{rev}`,
-  `GET .../refs`, `GET .../commits/{rev}`, `POST .../branch/{branch}`, `POST`/`DELETE .../tag/...`.
+  `GET .../refs`, `GET .../commits/{rev}`, `GET .../discussions` (always none), `POST .../branch/{branch}`, `POST`/`DELETE .../tag/...`.
 
 Models have no URL prefix, datasets use `datasets/` and spaces `spaces/`. Every commit gets a fresh 40-hex id and
 old commits stay readable; a revision is a branch, a tag or a full commit id. Errors carry the `X-Error-Code`
@@ -167,6 +167,9 @@ class HubServer:
         self.endpoint = f"http://{host}:{self._httpd.server_port}"
         self._thread: threading.Thread | None = None
         self._routes = self._route_table()
+        #: Failure injection: while True, commit calls get no answer (the connection is dropped), as if the
+        #: server went away after the LFS uploads and before the commit.
+        self.drop_commits = False
 
     def start(self) -> "HubServer":
         self._httpd.server_activate()
@@ -209,6 +212,13 @@ class HubServer:
             ("GET", rf"{_API_REPO}/tree/{rev}(?:/(?P<path>.+))?", self._tree, False),
             ("POST", rf"{_API_REPO}/paths-info/{rev}", self._paths_info, False),
             ("GET", rf"{_API_REPO}/refs", self._refs, False),
+            # No discussions here; transformers lists them when it looks for a safetensors conversion PR.
+            (
+                "GET",
+                rf"{_API_REPO}/discussions",
+                lambda req, repo: {"discussions": [], "count": 0, "start": 0},
+                False,
+            ),
             ("GET", rf"{_API_REPO}/commits/{rev}", self._commits, False),
             ("POST", rf"{_API_REPO}/branch/(?P<branch>[^/]+)", self._create_branch, True),
             ("POST", rf"{_API_REPO}/tag/{rev}", self._create_tag, True),
@@ -222,9 +232,11 @@ class HubServer:
         ]
         return [((m,) if isinstance(m, str) else m, re.compile(p), h, auth) for m, p, h, auth in routes]
 
-    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response:
-        """Route one request; errors become replies with the Hub's error headers."""
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response | None:
+        """Route one request; errors become replies with the Hub's error headers; None: drop the connection."""
         url = urlsplit(raw_path)
+        if self.drop_commits and method == "POST" and "/commit/" in url.path:
+            return None
         try:
             for methods, pattern, handler, needs_token in self._routes:
                 match = pattern.fullmatch(url.path)
@@ -612,6 +624,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         response = self.server.hub.handle(self.command, self.path, self.headers, self._read_body())
+        if response is None:  # failure injection: no reply at all
+            self.close_connection = True
+            return
         body = response.body
         if not isinstance(body, bytes | None):
             body = json.dumps(body).encode()

@@ -38,7 +38,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    model, tokenizer = load_crystal_model(args.model, revision=args.revision)
+    model, tokenizer = load_crystal_model(args.model, revision=args.revision, allow_pickle=args.allow_pickle)
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=args.refiner)
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
     if args.refine_steps is not None:
@@ -86,6 +86,11 @@ def add_parser(subparsers) -> None:
     )
     gen.add_argument("--model", required=True, help="local folder or Hub id of a model or LoRA adapter")
     gen.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
+    gen.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle weights (pytorch_model.bin) when a model has no safetensors: only for sources you trust",
+    )
     gen.add_argument("--num", type=int, default=10, help="number of samples (default 10)")
     gen.add_argument("--formula", help="condition: chemical formula, e.g. NaCl (constrains the composition)")
     gen.add_argument("--spacegroup", type=int, help="condition: space-group number 1-230")

@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
 from pymatgen.core import Structure
 
+from hf_crystal.hub_access import offline_errors
 from hf_crystal.refiner.batching import CrystalBatch
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
 from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
@@ -64,7 +65,11 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         """
         if not os.path.isdir(pretrained_model_name_or_path):
             download = {key: kwargs.pop(key) for key in _DOWNLOAD_OPTIONS if key in kwargs}
-            pretrained_model_name_or_path = snapshot_download(str(pretrained_model_name_or_path), **download)
+            with offline_errors(pretrained_model_name_or_path):
+                pretrained_model_name_or_path = snapshot_download(
+                    str(pretrained_model_name_or_path), **download
+                )
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights (hf_crystal.hub_access)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @torch.no_grad()
