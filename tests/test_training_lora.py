@@ -143,3 +143,12 @@ def test_a_few_steps_on_the_mp20_excerpt(inputs, tmp_path):
     )
     assert trainer.state.global_step == 3
     assert all(math.isfinite(v) for v in _losses(trainer).values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a CUDA GPU")
+@pytest.mark.parametrize("flag", ["--load_in_8bit", "--load_in_4bit"])
+def test_quantized_loading_needs_a_gpu(flag):
+    from hf_crystal.training.common import TrainingConfigError
+
+    with pytest.raises(TrainingConfigError, match="needs a CUDA GPU"):
+        parse_args(["--model", "m", "--dataset", "d", "--output_dir", "o", flag, "true"])

@@ -149,6 +149,11 @@ def _validate(script_args: LoraScriptArguments, training_args: SFTConfig, model_
         raise TrainingConfigError(
             "train lora trains LoRA adapters: use_peft must stay true (train base: full training)"
         )
+    if (model_args.load_in_8bit or model_args.load_in_4bit) and not torch.cuda.is_available():
+        raise TrainingConfigError(
+            "--load_in_8bit / --load_in_4bit quantize the base with bitsandbytes, which needs a CUDA GPU, and "
+            "none is available here: drop the flag to train the base in full precision"
+        )
     if training_args.push_to_hub and base_hub_id(script_args, model_args) is None:
         raise TrainingConfigError(
             f"model {model!r} is a local folder: give --base_model_id (its Hub id) so that the pushed adapter "
