@@ -1,0 +1,86 @@
+"""Refiner size x Euler steps: quality (validity, distance to relaxed) and speed, on the same LLM samples.
+
+    python benchmarks/refiner_sizes.py --samples llm.cif --refiners runs/ref-64x3 runs/ref-128x4 \\
+        --steps 10 100 --reference val_report.csv --hull ../shared/data/mp_elemental_refs.json.gz \\
+        [--num 256] [--relax 64] [--threads 1]
+
+Every refiner refines the first `--num` readable samples at every step count (timed: structures/s);
+validity (SPEC 5) is measured on all of them, and the distance to the CHGNet-relaxed structures
+(`compute_metrics`: match rate, RMSD, energy drop, with `--max-steps` relaxation steps at most) on the
+first `--relax`. The LLM samples themselves are the "0 steps" row. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from hf_crystal.data import read_structures
+from hf_crystal.evaluation.metrics import compute_metrics
+from hf_crystal.evaluation.relax import BatchedRelaxer
+from hf_crystal.refiner import CrystalRefinerPipeline
+
+COLUMNS = ("struct_valid", "comp_valid", "match_rate_to_relaxed", "rmsd_to_relaxed", "energy_drop_mean")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", required=True, help="LLM samples (any file read_structures reads)")
+    parser.add_argument("--refiners", nargs="+", required=True, help="refiner folders or Hub ids")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 100])
+    parser.add_argument(
+        "--reference", required=True, help="reference structures (coverage; first --relax used)"
+    )
+    parser.add_argument("--hull", required=True, help="entries file for the hull (no reference relaxation)")
+    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--relax", type=int, default=64, help="samples relaxed for the distance to relaxed")
+    parser.add_argument("--max-steps", type=int, default=100, help="relaxation steps at most")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    _, samples, skipped = read_structures(args.samples)
+    samples = samples[: args.num]
+    _, reference, _ = read_structures(args.reference)
+    relaxer = BatchedRelaxer(max_steps=args.max_steps)
+
+    def quality(structures) -> dict:
+        valid = compute_metrics(structures, reference[: args.relax], relax=False, progress=False).metrics
+        near = compute_metrics(
+            structures[: args.relax],
+            reference[: args.relax],
+            hull_entries=args.hull,
+            relaxer=relaxer,
+            progress=False,
+        ).metrics
+        return {**{k: valid[k] for k in COLUMNS[:2]}, **{k: near.get(k) for k in COLUMNS[2:]}}
+
+    rows = [("LLM samples", "-", 0, None, quality(samples))]
+    for name in args.refiners:
+        refiner = CrystalRefinerPipeline.from_pretrained(name)
+        refiner.set_progress_bar_config(disable=True)
+        size = "x".join(
+            str(refiner.model.config[k]) for k in ("hidden_dim", "num_layers", "edge_dim", "num_freqs")
+        )
+        for steps in args.steps:
+            start = time.perf_counter()
+            refined = refiner(samples, num_inference_steps=steps).structures
+            rate = len(samples) / (time.perf_counter() - start)
+            rows.append((name, size, steps, rate, quality(refined)))
+    print(f"\n{len(samples)} samples ({len(skipped)} unreadable skipped); distance to relaxed on {args.relax}, "
+          f"at most {args.max_steps} relaxation steps; {args.threads} torch thread(s)\n")  # fmt: skip
+    print(
+        "| refiner | size (hidden x layers x edge x freqs) | steps | structures/s | "
+        + " | ".join(COLUMNS)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(COLUMNS))
+    for name, size, steps, rate, values in rows:
+        cells = ["–" if values[k] is None else f"{values[k]:.3g}" for k in COLUMNS]
+        speed = "–" if rate is None else f"{rate:.1f}"
+        print(f"| {name} | {size} | {steps} | {speed} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
