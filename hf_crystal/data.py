@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from tqdm.auto import tqdm
@@ -80,11 +80,46 @@ class Record:
     cif: str | None = None
 
 
+def _p1_structure(cif: str) -> Structure | None:
+    """The structure of a P1 CIF with full occupancies, every listed site kept; None for any other CIF.
+
+    CIF readers (pymatgen's, ASE's) merge sites that coincide, which loses atoms of generated samples
+    (an LLM may put two atoms on one spot); a P1 block lists every atom once, so it is read as written.
+    """
+    from pymatgen.io.cif import CifFile
+
+    blocks = list(CifFile.from_str(cif).data.values())
+    if len(blocks) != 1:
+        return None
+    data = blocks[0].data
+    ops = data.get("_symmetry_equiv_pos_as_xyz") or data.get("_space_group_symop_operation_xyz") or []
+    if [op.replace(" ", "").lower() for op in ops] != ["x,y,z"] or "_atom_site_type_symbol" not in data:
+        return None
+    if any(_number(x) != 1 for x in _column(data, "_atom_site_occupancy")):
+        return None
+    cell = [_number(data[f"_cell_{k}"]) for k in _CELL_KEYS]
+    coords = np.array([[_number(v) for v in _column(data, f"_atom_site_fract_{a}")] for a in "xyz"]).T
+    return Structure(Lattice.from_parameters(*cell), _column(data, "_atom_site_type_symbol"), coords)
+
+
+def _column(data: dict, key: str) -> list[str]:
+    value = data.get(key, [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _number(text: str) -> float:
+    """A CIF number, without its standard uncertainty ("5.64(2)" -> 5.64)."""
+    return float(text.split("(")[0])
+
+
+_CELL_KEYS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
 def _parse_cif(material_id: str, cif: str, properties: dict | None = None) -> Record:
     try:
         with warnings.catch_warnings():  # pymatgen warns about every rounded coordinate
             warnings.simplefilter("ignore", UserWarning)
-            structure = Structure.from_str(cif, fmt="cif")
+            structure = _p1_structure(cif) or Structure.from_str(cif, fmt="cif")
     except Exception as err:  # pymatgen raises many types for malformed CIFs
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return Record(material_id, None, properties or {}, error=f"CIF: {reason}", cif=cif)

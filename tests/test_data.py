@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from datasets import load_dataset
@@ -269,3 +270,32 @@ def test_build_fails_clearly_when_the_folder_does_not_load_back(tmp_path, cdvae_
     captured = capsys.readouterr()
     assert "cannot read it back: RuntimeError: column names don't match" in captured.err
     assert "saved to" not in captured.out
+
+
+@pytest.mark.parametrize("suffix", [".cif", ".extxyz", ".csv", ".jsonl"])
+def test_samples_with_overlapping_atoms_read_back_exactly(tmp_path, suffix):
+    """CIF readers merge coinciding sites; a generated sample may have two atoms on one spot and must survive."""
+    from hf_crystal.data import SampleWriter
+    from hf_crystal.text import encode
+
+    overlapping = Structure(
+        Lattice.from_parameters(4.1, 5.2, 6.3, 80, 95, 100),
+        ["Na", "Cl", "Na", "Na"],
+        [[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
+    )
+    sample = {"text": encode(overlapping), "structure": overlapping, "valid": False, "error": None}
+    SampleWriter(tmp_path / f"samples{suffix}").write([sample, sample], start=0)
+    ids, structures, skipped = read_structures(tmp_path / f"samples{suffix}")
+    assert ids == ["sample-000000", "sample-000001"] and not skipped
+    for structure in structures:
+        assert [s.specie.symbol for s in structure] == ["Na", "Cl", "Na", "Na"]
+        assert np.allclose(structure.frac_coords, overlapping.frac_coords, atol=1e-6)
+        assert np.allclose(structure.lattice.matrix, overlapping.lattice.matrix, atol=1e-6)
+
+
+def test_symmetrized_cif_still_expands_its_sites(tmp_path):
+    from pymatgen.io.cif import CifWriter
+
+    (tmp_path / "nacl.cif").write_text(str(CifWriter(rocksalt(), symprec=0.1)))  # Fm-3m, 2 unique sites
+    _, (structure,), _ = read_structures(tmp_path / "nacl.cif")
+    assert len(structure) == 8 and structure.composition == rocksalt().composition
