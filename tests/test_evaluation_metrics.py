@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from factories import rocksalt
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from hf_crystal.evaluation.coverage import coverage, fingerprints, structure_fingerprint
 from hf_crystal.evaluation.distributions import distribution_distances, wasserstein
@@ -119,3 +119,27 @@ def test_constant_reference_features_are_not_blown_up():
     gen = fingerprints([rocksalt()])
     out = coverage(gen[0], gen[1], ref[0], ref[1])
     assert out["cov_recall"] == 0.0 and 0 < out["amcd_precision"] < 1e4
+
+
+def test_cdvae_scaler_and_cutoffs_are_the_default():
+    from hf_crystal.evaluation.coverage import COV_CUTOFFS, cdvae_scaler, composition_fingerprint
+    from hf_crystal.evaluation.metrics import compute_metrics
+
+    means, stds = cdvae_scaler()
+    assert means.shape == stds.shape == composition_fingerprint(Composition("NaCl")).shape == (132,)
+    assert means[0] == pytest.approx(21.194441759304013) and stds[-1] == pytest.approx(85.980205895116)
+    assert COV_CUTOFFS == {"mp20": (0.4, 10.0), "carbon": (0.2, 4.0), "perov": (0.2, 4.0)}
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(
+        Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )  # 8-fold: far in structure
+    result = compute_metrics([nacl], [nacl, cscl], relax=False, progress=False).metrics
+    assert result["coverage_settings"] == "cutoffs 0.4 / 10.0 (CDVAE, mp20); Magpie scaler: CDVAE MP-20"
+    assert result["cov_precision"] == 1.0 and result["cov_recall"] == 0.5
+    # The same composition distance, by hand, with CDVAE's scaler:
+    d = np.linalg.norm(np.nan_to_num((composition_fingerprint(nacl) - composition_fingerprint(cscl)) / stds))
+    assert result["amcd_recall"] == pytest.approx(d / 2)
+    fitted = compute_metrics([nacl], [nacl, cscl], relax=False, coverage_scaler="reference", progress=False)
+    assert "fitted on the reference" in fitted.metrics["coverage_settings"]
+    carbon = compute_metrics([nacl], [nacl], relax=False, coverage_dataset="carbon", progress=False)
+    assert carbon.metrics["coverage_settings"].startswith("cutoffs 0.2 / 4.0")

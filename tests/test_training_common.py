@@ -191,7 +191,10 @@ def test_local_base_needs_a_hub_id_to_push(tmp_path):
     assert args.push_to_hub and args.hub_model_id == "me/adapter"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("accelerate_"))
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     if path.name.startswith("base"):
         assert base.parse_args(["--config", str(path), *REQUIRED])[0].preset in MODEL_PRESETS
@@ -279,3 +282,11 @@ def test_presets_sizes():
     assert 15e6 < counts["base"] < 25e6
     with pytest.raises(ValueError, match="unknown model preset"):
         llama_config("huge", tokenizer)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("accelerate_*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_valid(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(path)
+    assert config.num_machines == 1 and config.num_processes >= 1

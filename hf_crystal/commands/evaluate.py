@@ -55,12 +55,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--limit", type=int, help="evaluate only the first N samples / reference / train structures"
     )
     p.add_argument(
+        "--dataset",
+        choices=["mp20", "carbon", "perov"],
+        default="mp20",
+        help="whose CDVAE coverage cutoffs apply (mp20: 0.4 / 10; carbon, perov: 0.2 / 4)",
+    )
+    p.add_argument(
+        "--cov-cutoffs",
+        type=_two_floats,
+        metavar="STRUCT,COMP",
+        help="explicit coverage cutoffs instead of --dataset's",
+    )
+    p.add_argument(
+        "--scaler",
+        choices=["cdvae", "reference"],
+        default="cdvae",
+        help="Magpie feature scaler for coverage: CDVAE's fixed MP-20 one (as published figures) or fitted on "
+        "--reference",
+    )
+    p.add_argument(
         "--card",
         metavar="MODEL",
         help="also put the results on this model's card: a local folder (README.md) or a Hub repo (pushed)",
     )
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _two_floats(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two comma-separated numbers like 0.4,10, got {text!r}"
+        ) from None
+    return a, b
 
 
 def _read(path: str, limit: int | None, what: str):
@@ -118,6 +147,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         hull_structures=hull_structures,
         relaxer=relaxer,
         relax=not args.no_relax,
+        coverage_dataset=args.dataset,
+        coverage_cutoffs=args.cov_cutoffs,
+        coverage_scaler=args.scaler,
     )
     write_report(result, args.out)
     print(json.dumps(result.metrics, indent=2))

@@ -4,23 +4,37 @@ Fingerprints as in CDVAE's ``compute_metrics.py``: the structure fingerprint is 
 matminer's CrystalNN "ops" site fingerprint; the composition fingerprint is matminer's Magpie
 ElementProperty vector, standardised before distances are taken. A reference crystal is recalled (and a
 generated one is precise) when its nearest neighbour in the other set lies within both cutoffs.
-Deviation: CDVAE standardises Magpie vectors with means/stds it hard-coded from its MP-20 data; here the
-scaler is fitted on the reference set passed in (features constant over the reference get std 1, NaN becomes 0).
+As in every published COV figure (CDVAE, DiffCSP, FlowMM, FlowLLM), Magpie vectors are standardised by
+default with the means/stds CDVAE fitted on MP-20 (`cdvae_scaler`, data/cdvae_comp_scaler.json) and the
+cutoffs are CDVAE's per dataset (`COV_CUTOFFS`); a scaler fitted on the reference set passed in is the
+option (features constant over the reference get std 1; NaN becomes 0 either way).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from functools import cache
+from importlib import resources
 
 import numpy as np
 from pymatgen.core import Composition, Structure
 from scipy.spatial.distance import cdist
 from tqdm.auto import tqdm
 
-# CDVAE (Xie et al. 2022) COV cutoffs for MP-20 (compute_metrics.COV_Cutoffs["mp20"]).
-STRUCTURE_CUTOFF = 0.4
-COMPOSITION_CUTOFF = 10.0
+# CDVAE (Xie et al. 2022) COV cutoffs (structure, composition), compute_metrics.COV_Cutoffs.
+COV_CUTOFFS = {"mp20": (0.4, 10.0), "carbon": (0.2, 4.0), "perov": (0.2, 4.0)}
+STRUCTURE_CUTOFF, COMPOSITION_CUTOFF = COV_CUTOFFS["mp20"]
+SCALERS = ("cdvae", "reference")
+
+
+@cache
+def cdvae_scaler() -> tuple[np.ndarray, np.ndarray]:
+    """(means, stds) of the 132 Magpie features, as CDVAE fitted them on MP-20 (its CompScaler)."""
+    data = json.loads(
+        (resources.files("hf_crystal.evaluation") / "data" / "cdvae_comp_scaler.json").read_text()
+    )
+    return np.asarray(data["means"]), np.asarray(data["stds"])
 
 
 @cache
@@ -88,12 +102,18 @@ def _computed(struct_fps: np.ndarray, comp_fps: np.ndarray) -> np.ndarray:
     return ~np.isnan(struct_fps).all(axis=1) & ~np.isnan(comp_fps).all(axis=1)
 
 
-def _standardize(comp: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.nanmean(ref, axis=0)
-    std = np.nanstd(ref, axis=0)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    # A feature constant over the reference (up to round-off) is not scaled.
-    std = np.where(np.isfinite(std) & (std > 1e-8 * np.maximum(1.0, np.abs(mean))), std, 1.0)
+def _standardize(
+    comp: np.ndarray, ref: np.ndarray, scaler: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets standardised with `scaler` (means, stds), or with one fitted on `ref` when it is None."""
+    if scaler is not None:
+        mean, std = scaler
+    else:
+        mean = np.nanmean(ref, axis=0)
+        std = np.nanstd(ref, axis=0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        # A feature constant over the reference (up to round-off) is not scaled.
+        std = np.where(np.isfinite(std) & (std > 1e-8 * np.maximum(1.0, np.abs(mean))), std, 1.0)
     return np.nan_to_num((comp - mean) / std), np.nan_to_num((ref - mean) / std)
 
 
@@ -105,11 +125,13 @@ def coverage(
     struct_cutoff: float = STRUCTURE_CUTOFF,
     comp_cutoff: float = COMPOSITION_CUTOFF,
     n_generated: int | None = None,
+    comp_scaler: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """COV-R, COV-P and the mean nearest-neighbour distances (CDVAE's ``compute_cov``).
 
     All-NaN rows (failed fingerprints) are dropped; COV-P is divided by ``n_generated`` (default: all
-    generated rows, failed ones included), as CDVAE does.
+    generated rows, failed ones included), as CDVAE does. Composition fingerprints are standardised with
+    ``comp_scaler`` (e.g. `cdvae_scaler()`), or with a scaler fitted on the reference when it is None.
     """
     if n_generated is None:
         n_generated = len(gen_struct_fps)
@@ -118,7 +140,7 @@ def coverage(
     rs, rc = np.nan_to_num(ref_struct_fps[ref_ok]), ref_comp_fps[ref_ok]
     if len(gs) == 0 or len(rs) == 0:
         return {"cov_recall": 0.0, "cov_precision": 0.0}
-    gc, rc = _standardize(gc, rc)
+    gc, rc = _standardize(gc, rc, comp_scaler)
     struct_d = cdist(gs, rs)
     comp_d = cdist(gc, rc)
     recall_hit = (struct_d.min(axis=0) <= struct_cutoff) & (comp_d.min(axis=0) <= comp_cutoff)

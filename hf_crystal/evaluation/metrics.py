@@ -49,6 +49,7 @@ METRICS = {
     "amsd_precision": "mean structure-fingerprint distance from each sample to its nearest reference",
     "amcd_recall": "mean composition-fingerprint distance from each reference to its nearest sample",
     "amcd_precision": "mean composition-fingerprint distance from each sample to its nearest reference",
+    "coverage_settings": "COV cutoffs (structure / composition) and the Magpie scaler the coverage keys used",
     "fingerprint_failed_samples": "samples whose CrystalNN fingerprint failed (never covered)",
     "fingerprint_failed_reference": "reference structures whose CrystalNN fingerprint failed (never recalled)",
     "wdist_density": "Wasserstein distance of density (g/cm^3), valid samples vs reference",
@@ -126,6 +127,9 @@ def compute_metrics(
     hull_structures: Sequence[Structure] | None = None,
     relaxer=None,
     relax: bool = True,
+    coverage_dataset: str = "mp20",
+    coverage_cutoffs: tuple[float, float] | None = None,
+    coverage_scaler: str = "cdvae",
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``samples`` against ``reference`` (coverage, distributions) and ``train`` (novelty).
@@ -137,6 +141,10 @@ def compute_metrics(
             from ``hull_structures`` (default: ``reference``) and ASE elemental references.
         relaxer: a ``BatchedRelaxer`` (default: CHGNet with its default settings and the user cache).
         relax: False skips relaxation and stability (fast structural metrics only).
+        coverage_dataset: whose CDVAE COV cutoffs apply ("mp20", "carbon", "perov"), unless ``coverage_cutoffs``
+            (structure, composition) are given.
+        coverage_scaler: "cdvae" (CDVAE's fixed MP-20 Magpie scaler, as published figures) or "reference"
+            (fitted on ``reference``).
 
     Writes no files (besides the relaxer's cache, see the module docstring).
     """
@@ -153,7 +161,20 @@ def compute_metrics(
     ]
     valid, validity = _validity(samples, rows, n_total=n_total, progress=progress)
     metrics |= validity
-    metrics |= _coverage(samples, reference, n_total=n_total, progress=progress)
+    if coverage_scaler not in cov.SCALERS or coverage_dataset not in cov.COV_CUTOFFS:
+        raise ValueError(
+            f"coverage_scaler must be one of {cov.SCALERS} and coverage_dataset one of {list(cov.COV_CUTOFFS)}"
+        )
+    cutoffs = coverage_cutoffs or cov.COV_CUTOFFS[coverage_dataset]
+    metrics["coverage_settings"] = (
+        f"cutoffs {cutoffs[0]} / {cutoffs[1]}"
+        + ("" if coverage_cutoffs else f" (CDVAE, {coverage_dataset})")
+        + f"; Magpie scaler: {'CDVAE MP-20' if coverage_scaler == 'cdvae' else 'fitted on the reference'}"
+    )
+    scaler = cov.cdvae_scaler() if coverage_scaler == "cdvae" else None
+    metrics |= _coverage(
+        samples, reference, n_total=n_total, cutoffs=cutoffs, scaler=scaler, progress=progress
+    )
     metrics |= distribution_distances(valid, reference)
     metrics |= _uniqueness_novelty(samples, train, rows, progress=progress)
     relaxed: list[tuple[str, Structure]] | None = None
@@ -211,12 +232,12 @@ def _validity(samples, rows, *, n_total: int, progress: bool) -> tuple[list[Stru
     return [s for s, f in zip(samples, flags, strict=True) if f["valid"]], rates
 
 
-def _coverage(samples, reference, *, n_total: int, progress: bool) -> dict:
+def _coverage(samples, reference, *, n_total: int, cutoffs, scaler, progress: bool) -> dict:
     if not samples or not reference:
         return {"cov_recall": float("nan"), "cov_precision": float("nan")}
     gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
     ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
-    out = cov.coverage(gen[0], gen[1], ref[0], ref[1], n_generated=n_total)
+    out = cov.coverage(gen[0], gen[1], ref[0], ref[1], *cutoffs, n_generated=n_total, comp_scaler=scaler)
     return out | {
         "fingerprint_failed_samples": int((~gen[2]).sum()),
         "fingerprint_failed_reference": int((~ref[2]).sum()),

@@ -131,6 +131,7 @@ def _markdown(out: Path, metrics: dict, *, plots: list[str], relaxed: bool) -> N
     lines += [
         "",
         f"Stability numbers refer to: **{metrics.get('hull', 'no hull (relaxation skipped)')}**.",
+        f"Coverage used: **{metrics.get('coverage_settings', 'n/a')}**.",
         "",
     ]
     for png, title in [
