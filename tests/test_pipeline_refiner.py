@@ -107,3 +107,22 @@ def test_refine_command(folders, tmp_path, capsys):
     assert [s.composition for s in refined] == [s.composition for s in crystals.values()]
     assert main(["refine", str(source), "--refiner", str(refiner), "--out", str(out)]) == 2  # exists
     assert main(["refine", str(source), "--refiner", str(refiner), "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_base_noise_separates_atoms_on_one_spot():
+    """An equivariant flow moves two atoms on the same spot identically; the base noise breaks the tie."""
+    nacl = rocksalt()
+    twin = Structure(
+        nacl.lattice,
+        ["Na", "Na", *nacl.species[1:]],
+        [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1], *nacl.frac_coords[1:]],
+    )
+
+    def spread(refiner):
+        out = refiner([twin], num_inference_steps=5, generator=torch.Generator().manual_seed(0)).structures[0]
+        return out.get_distance(0, 1)
+
+    assert spread(_refiner()) < 1e-6
+    noisy = _refiner(base_noise_std=0.02)
+    assert spread(noisy) > 1e-3
+    assert noisy.scheduler.config.base_noise_std == 0.02

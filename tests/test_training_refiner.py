@@ -111,7 +111,7 @@ def test_training_lowers_the_loss_and_saves_a_refiner(setup, tmp_path, base, rat
         *TINY,
     ]
     if base == "llm":
-        argv += ["--llm", str(llm), "--pairs_cache_dir", str(tmp_path / "pairs")]
+        argv += ["--llm", str(llm), "--pairs_cache_dir", str(tmp_path / "pairs"), "--base_noise_std", "0.01"]
     main(argv)
     log = json.loads((out / "train_log.json").read_text())
     assert log[-1]["step"] == 150 and log[-1]["loss"] < ratio * log[0]["loss"]
@@ -122,6 +122,8 @@ def test_training_lowers_the_loss_and_saves_a_refiner(setup, tmp_path, base, rat
         assert "mean transport cost, optimal assignment" in card
     refiner = CrystalRefinerPipeline.from_pretrained(out)
     assert refiner.model.config.hidden_dim == 16
+    assert refiner.scheduler.config.base_distribution == base
+    assert refiner.scheduler.config.base_noise_std == (0.01 if base == "llm" else 0.0)
 
 
 def test_resume_continues_exactly(setup, tmp_path):

@@ -14,6 +14,7 @@ from pymatgen.core import Structure
 
 from hf_crystal.hub_access import offline_errors
 from hf_crystal.refiner.batching import CrystalBatch
+from hf_crystal.refiner.manifold import wrap
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
 from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
 
@@ -86,7 +87,8 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         Each cell is Niggli-reduced first (angles then lie inside the refiner's interval); coordinates and lattice
         are integrated with `num_inference_steps` Euler steps. Shows a progress bar over batches. A refiner whose
         scheduler starts from the uniform base (`base_distribution="uniform"`) keeps only the atoms of the
-        structures and draws positions and lattice with `generator`.
+        structures and draws positions and lattice with `generator`; `base_noise_std` jitters the given
+        coordinates with `generator`.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
@@ -94,12 +96,17 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
             batch = CrystalBatch.from_structures(chunk)
-            if self.scheduler.config.base_distribution == "uniform":
-                config = self.scheduler.config
+            config = self.scheduler.config
+            if config.base_distribution == "uniform":
                 coords, lattice, _ = sample_uniform_base(
                     batch.num_atoms, config.log_length_mean, config.log_length_std, generator=generator
                 )
                 batch = batch.replace(frac_coords=coords, lattice=lattice)
+            elif config.base_noise_std > 0:
+                noise = torch.randn(
+                    batch.frac_coords.shape, generator=generator, dtype=batch.frac_coords.dtype
+                )
+                batch = batch.replace(frac_coords=wrap(batch.frac_coords + config.base_noise_std * noise))
             batch = batch.to(self.device, self.model.dtype)
             refined.extend(self._integrate(batch, num_inference_steps).to_structures())
         if not return_dict:

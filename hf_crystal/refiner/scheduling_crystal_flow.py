@@ -75,6 +75,10 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
             (`sample_uniform_base`) with the given structures' atoms, for a refiner trained from that base.
         log_length_mean, log_length_std (`list[float]` of 3, only for the uniform base):
             Mean and std of log(lattice length in Å) of the log-normal base, fitted on the training set.
+        base_noise_std (`float`, defaults to 0):
+            Std of Gaussian noise added to the given structures' fractional coordinates before the flow (FlowLLM
+            tried 0.01-0.04). It matters for LLM samples with two atoms on one spot: an equivariant vector field
+            gives such atoms the same velocity, so without noise they never separate.
 
     Call `set_timesteps` before sampling. A scheduler tracks the current step and should not be shared by
     concurrent generations.
@@ -90,6 +94,7 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
         base_distribution: str = "llm",
         log_length_mean: list[float] | None = None,
         log_length_std: list[float] | None = None,
+        base_noise_std: float = 0.0,
     ):
         if base_distribution not in BASE_DISTRIBUTIONS:
             raise ValueError(

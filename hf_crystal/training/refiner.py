@@ -38,6 +38,7 @@ from hf_crystal.refiner import (
     flow_matching_loss,
     interpolate,
     sample_uniform_base,
+    wrap,
 )
 from hf_crystal.training.common import (
     CHECKPOINT_SUBDIR,
@@ -97,6 +98,12 @@ class RefinerArguments:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     ema_decay: float = EMA_DECAY
+    base_noise_std: float = field(
+        default=0.0,
+        metadata={
+            "help": "Gaussian noise on x0's fractional coordinates, in training and (saved) at inference"
+        },
+    )
     anti_annealing_slope: float = field(default=0.0, metadata={"help": "saved in the scheduler (inference)"})
     anti_annealing_offset: float = 0.0
     logging_steps: int = 50
@@ -136,11 +143,16 @@ class _Pairs:
     x0: list[CrystalBatch] | None
     log_length_mean: torch.Tensor
     log_length_std: torch.Tensor
+    noise_std: float = 0.0
 
     def batch(self, indices: Sequence[int], generator: torch.Generator) -> tuple[CrystalBatch, CrystalBatch]:
         x1 = _concat([self.x1[i] for i in indices])
         if self.x0 is not None:
-            return _concat([self.x0[i] for i in indices]), x1
+            x0 = _concat([self.x0[i] for i in indices])
+            if self.noise_std > 0:
+                noise = torch.randn(x0.frac_coords.shape, generator=generator)
+                x0 = x0.replace(frac_coords=wrap(x0.frac_coords + self.noise_std * noise))
+            return x0, x1
         coords, lattice, _ = sample_uniform_base(
             x1.num_atoms, self.log_length_mean, self.log_length_std, generator=generator
         )
@@ -195,7 +207,7 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
         x1, x0 = [s.get_reduced_structure() for s in structures], None
     x1 = _singles(x1)
     log_lengths = torch.cat([c.lattice[:, :3] for c in x1])
-    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0)), info
+    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0), args.base_noise_std), info
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -305,7 +317,7 @@ def _finish(
 ) -> Path:
     out = Path(args.output_dir)
     ema.copy_to(model.parameters())
-    base = {}
+    base = {"base_noise_std": args.base_noise_std}
     if args.base == "uniform":
         base = {
             "base_distribution": "uniform",
