@@ -175,20 +175,21 @@ class CrystalGenerationPipeline(Pipeline):
         per_prompt = kwargs.get("num_return_sequences") or 1
         rows = self._generate(input_ids, attention_mask, constraints, per_prompt, kwargs)
         attempts = [1] * len(rows)
-        for _ in range(max_attempts - 1 if until_valid else 0):
-            redo = [i for i, tokens in enumerate(rows) if not self._decode(tokens)["valid"]]
-            if not redo:
+        pending = list(range(len(rows))) if until_valid else []  # slots not yet known to be valid
+        for attempt in range(1, max_attempts + 1):
+            pending = [i for i in pending if not self._decode(rows[i])["valid"]]
+            if not pending or attempt == max_attempts:
                 break
-            prompts = [i // per_prompt for i in redo]
+            prompts = [i // per_prompt for i in pending]
             retry = {**kwargs, "num_return_sequences": 1}
             redone = self._generate(
                 input_ids[prompts], attention_mask[prompts], [constraints[p] for p in prompts], 1, retry
             )
-            for i, tokens in zip(redo, redone, strict=True):
+            for i, tokens in zip(pending, redone, strict=True):
                 rows[i] = tokens
                 attempts[i] += 1
-        if until_valid and not all(self._decode(tokens)["valid"] for tokens in rows):
-            logger.warning("some samples are still invalid after %d attempts each", max_attempts)
+        if pending:
+            logger.warning("%d samples are still invalid after %d attempts each", len(pending), max_attempts)
         generated = pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
         batch = input_ids.shape[0]
         outputs = {

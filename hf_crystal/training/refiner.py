@@ -61,7 +61,16 @@ EMA_DECAY = 0.999
 BASES = ("llm", "uniform")
 MODEL_SIZES = ("hidden_dim", "edge_dim", "num_layers", "time_dim", "num_freqs")
 # Options that are not hyperparameters of the model (the card lists the rest; sizes go to its architecture).
-_NOT_HYPERPARAMETERS = ("dataset", "output_dir", "resume", "push_to_hub", "hub_model_id", "hub_private_repo")
+_NOT_HYPERPARAMETERS = (
+    "dataset",
+    "output_dir",
+    "resume",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "pairs_cache_dir",
+    "num_threads",
+)
 TRAINING_STATE = "training_state.pt"
 
 
