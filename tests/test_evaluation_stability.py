@@ -98,3 +98,41 @@ def test_stability_flags():
     assert stability_flags(-0.01, 2) == {"metastable": True, "stable": True}
     assert stability_flags(-0.01, 1) == {"metastable": True, "stable": False}
     assert stability_flags(float("nan"), 3) == {"metastable": False, "stable": False}
+
+
+class _RecordingRelaxer:
+    """Returns every structure unchanged at -3 eV/atom (below the tiny hull) and records what it was asked to relax."""
+
+    def __init__(self):
+        self.seen = []
+
+    def relax(self, structures, progress=False, desc=""):
+        from hf_crystal.evaluation.relax import RelaxResult
+
+        self.seen += [s.composition.reduced_formula for s in structures]
+        return [RelaxResult(s, -3.0 * len(s), -1.0 * len(s), 3, True, len(s)) for s in structures]
+
+
+@pytest.mark.parametrize("relax_invalid", [False, True])
+def test_structurally_invalid_samples_are_not_relaxed_by_default(relax_invalid):
+    from hf_crystal.evaluation.metrics import compute_metrics
+
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5] * 3, [0.5] * 3])
+    relaxer = _RecordingRelaxer()
+    result = compute_metrics(
+        [rocksalt(), overlapping],
+        [rocksalt()],
+        hull_entries=_tiny_entries(),
+        relaxer=relaxer,
+        relax_invalid=relax_invalid,
+        progress=False,
+    )
+    assert relaxer.seen == (["NaCl", "NaCl2"] if relax_invalid else ["NaCl"])
+    assert result.metrics["n_relaxed"] == (2 if relax_invalid else 1)
+    valid_row, invalid_row = result.rows
+    assert valid_row["relax_error"] is None and valid_row["metastable"]
+    if not relax_invalid:
+        assert invalid_row["relax_error"].startswith("not relaxed: structurally invalid")
+        assert not invalid_row["metastable"] and not invalid_row["stable"]
+    # Rates count all samples: the unrelaxed one is not metastable.
+    assert result.metrics["metastable_rate"] == (sum(r["metastable"] for r in result.rows) / 2)

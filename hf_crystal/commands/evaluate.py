@@ -45,6 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="structures of the self-consistent hull besides the elements (default: reference)",
     )
     p.add_argument("--no-relax", action="store_true", help="skip relaxation and stability")
+    p.add_argument(
+        "--relax-invalid",
+        action="store_true",
+        help="also relax structurally invalid samples (default: they are not relaxed and count as not stable)",
+    )
     p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
@@ -147,6 +152,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         hull_structures=hull_structures,
         relaxer=relaxer,
         relax=not args.no_relax,
+        relax_invalid=args.relax_invalid,
         coverage_dataset=args.dataset,
         coverage_cutoffs=args.cov_cutoffs,
         coverage_scaler=args.scaler,

@@ -56,15 +56,16 @@ METRICS = {
     "wdist_nary": "Wasserstein distance of the number of elements, valid samples vs reference",
     "unique_rate": "fraction of readable samples that match no earlier sample (StructureMatcher, FlowMM tol.)",
     "novel_rate": "fraction of readable samples that match no training structure",
-    "relax_success_rate": "fraction of readable samples relaxed without error",
-    "relax_converged_rate": "fraction of readable samples whose relaxation converged below fmax",
+    "n_relaxed": "samples relaxed (structurally invalid ones are not, unless relax_invalid)",
+    "relax_success_rate": "fraction of the relaxed samples relaxed without error",
+    "relax_converged_rate": "fraction of the relaxed samples whose relaxation converged below fmax",
     "relax_steps_mean": "mean number of relaxation steps (successful relaxations)",
     "energy_drop_mean": "mean CHGNet energy drop initial -> relaxed (eV/atom)",
-    "match_rate_to_relaxed": "fraction of relaxed samples that still match their relaxed structure",
+    "match_rate_to_relaxed": "fraction of successfully relaxed samples that still match their relaxed structure",
     "rmsd_to_relaxed": "mean StructureMatcher RMS distance sample -> relaxed (normalised by (V/N)^(1/3))",
     "e_hull_mean": "mean energy above hull (eV/atom) of samples with one",
     "e_hull_median": "median energy above hull (eV/atom)",
-    "metastable_rate": "fraction with E_hull < 0.1 eV/atom (Gruver et al.)",
+    "metastable_rate": "fraction with E_hull < 0.1 eV/atom (Gruver et al.; over all samples, unrelaxed ones count as not)",
     "stable_rate": "fraction with E_hull < 0 and >= 2 elements (FlowLLM)",
     "sun_rate": "fraction stable, unique and novel (S.U.N.)",
     "hull": "which convex hull the stability numbers refer to",
@@ -127,6 +128,7 @@ def compute_metrics(
     hull_structures: Sequence[Structure] | None = None,
     relaxer=None,
     relax: bool = True,
+    relax_invalid: bool = False,
     coverage_dataset: str = "mp20",
     coverage_cutoffs: tuple[float, float] | None = None,
     coverage_scaler: str = "cdvae",
@@ -141,6 +143,8 @@ def compute_metrics(
             from ``hull_structures`` (default: ``reference``) and ASE elemental references.
         relaxer: a ``BatchedRelaxer`` (default: CHGNet with its default settings and the user cache).
         relax: False skips relaxation and stability (fast structural metrics only).
+        relax_invalid: also relax structurally invalid samples (by default they are not relaxed and count as
+            not stable: their relaxations are slow, often fail, and say nothing about the model's crystals).
         coverage_dataset: whose CDVAE COV cutoffs apply ("mp20", "carbon", "perov"), unless ``coverage_cutoffs``
             (structure, composition) are given.
         coverage_scaler: "cdvae" (CDVAE's fixed MP-20 Magpie scaler, as published figures) or "reference"
@@ -186,7 +190,9 @@ def compute_metrics(
             relaxer=relaxer,
             progress=progress,
         )
-        stability = _stability(samples, rows, hull=hull, n_total=n_total, progress=progress)
+        stability = _stability(
+            samples, rows, hull=hull, n_total=n_total, relax_invalid=relax_invalid, progress=progress
+        )
         metrics |= stability.metrics
         relaxed = stability.relaxed
     return EvaluationResult(
@@ -281,26 +287,36 @@ def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) ->
     return _Hull(reference, relaxer, {k: v for k, v in summary.items() if k != "hull_skipped_examples"})
 
 
+_NOT_RELAXED = "not relaxed: structurally invalid (relax_invalid=True / --relax-invalid relaxes it)"
+
+
 @dataclass
 class _Stability:
     metrics: dict
     relaxed: list[tuple[str, Structure]]
 
 
-def _stability(samples, rows, *, hull: _Hull, n_total: int, progress: bool) -> _Stability:
-    """Relaxes the samples, fills the stability and distance-to-relaxed keys of ``rows``."""
+def _stability(
+    samples, rows, *, hull: _Hull, n_total: int, relax_invalid: bool, progress: bool
+) -> _Stability:
+    """Relaxes the samples (structurally valid ones only unless ``relax_invalid``), fills the stability and
+    distance-to-relaxed keys of ``rows``; samples left unrelaxed count as not stable."""
     from hf_crystal.evaluation.stability import HullError, corrected_entries, stability_flags
 
-    results = hull.relaxer.relax(samples, progress=progress, desc="relax samples")
+    todo = [i for i, row in enumerate(rows) if relax_invalid or row["struct_valid"]]
+    results = hull.relaxer.relax([samples[i] for i in todo], progress=progress, desc="relax samples")
     entries = corrected_entries([r.structure for r in results], [r.energy for r in results])
+    for row in rows:
+        row |= {"relax_error": _NOT_RELAXED, "metastable": False, "stable": False, "sun": False}
     matcher = default_matcher()
     relaxed = []
-    for row, s, r, e in tqdm(
-        zip(rows, samples, results, entries, strict=True),
-        total=len(rows),
+    for i, r, e in tqdm(
+        zip(todo, results, entries, strict=True),
+        total=len(todo),
         desc="E_hull",
         disable=not progress,
     ):
+        row, s = rows[i], samples[i]
         row |= {"relax_error": r.error, "converged": r.converged, "steps": r.steps}
         row |= {"energy_per_atom": r.energy_per_atom, "energy_drop": r.energy_drop_per_atom}
         e_hull, hull_error = float("nan"), None
@@ -320,15 +336,16 @@ def _stability(samples, rows, *, hull: _Hull, n_total: int, progress: bool) -> _
 
 
 def _stability_metrics(rows, results, *, n_total: int, hull: _Hull) -> dict:
-    n_samples = len(results)
+    n_relaxed = len(results)
     ok = [r for r in results if r.error is None]
-    e_hulls = np.array([row["e_hull"] for row in rows], dtype=float)
+    e_hulls = np.array([row.get("e_hull", np.nan) for row in rows], dtype=float)
     e_hulls = e_hulls[np.isfinite(e_hulls)]
     matched = [row for row in rows if row.get("match_relaxed")]
     nan = float("nan")
     return {
-        "relax_success_rate": _rate(len(ok), n_samples),
-        "relax_converged_rate": _rate(sum(r.converged for r in results), n_samples),
+        "n_relaxed": n_relaxed,
+        "relax_success_rate": _rate(len(ok), n_relaxed),
+        "relax_converged_rate": _rate(sum(r.converged for r in results), n_relaxed),
         "relax_steps_mean": float(np.mean([r.steps for r in ok])) if ok else nan,
         "energy_drop_mean": float(np.mean([r.energy_drop_per_atom for r in ok])) if ok else nan,
         "match_rate_to_relaxed": _rate(len(matched), len(ok)),
