@@ -7,20 +7,25 @@ Draws `--num` unconditional samples from the LLM (`hf-crystal generate`, seeded)
 LLM-base refiner and with the uniform-base one (which keeps only the atoms of each LLM sample and starts
 from FlowMM's base), then runs `hf-crystal evaluate` on the three files in parallel (one torch thread
 each) and prints one table from their metrics.json: validity, coverage and the distance to the
-CHGNet-relaxed structures (match rate, RMSD, energy drop, steps). Every step is a CLI command, printed
-before it runs; finished steps are skipped on a rerun.
+CHGNet-relaxed structures (match rate, RMSD, energy drop, steps). `evaluate` relaxes only structurally
+valid samples, so the distance columns of each row are over its own valid samples; a second table compares
+the rows on the same samples: those structurally valid in every row (refining keeps the sample order).
+Every step is a CLI command, printed before it runs; finished steps are skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 COLUMNS = {
     "n_samples": "N",
+    "n_relaxed": "N relaxed",
     "struct_valid": "struct. valid",
     "comp_valid": "comp. valid",
     "cov_recall": "COV-R",
@@ -90,6 +95,25 @@ def main() -> None:
         metrics = json.loads((args.out / f"eval-{name}" / "metrics.json").read_text())
         cells = [metrics.get(key) for key in COLUMNS]
         print(f"| {name} | " + " | ".join("–" if v is None else f"{v:.3g}" for v in cells) + " |")
+    _paired_table(args.out, list(samples))
+
+
+def _paired_table(out: Path, names: list[str]) -> None:
+    """Distance to relaxed on the samples structurally valid (and relaxed) in every row."""
+    rows = {
+        name: {r["id"]: r for r in csv.DictReader(open(out / f"eval-{name}" / "samples.csv"))}
+        for name in names
+    }
+    common = [i for i in rows[names[0]] if all(rows[n].get(i, {}).get("relax_error") == "" for n in names)]
+    print(f"\nSame samples: the {len(common)} structurally valid and relaxed in every row")
+    print("| samples | match to relaxed | RMSD to relaxed (matched) | energy drop (eV/atom) |")
+    print("|---|---|---|---|")
+    for name in names:
+        picked = [rows[name][i] for i in common]
+        rmsd = [float(r["rmsd_relaxed"]) for r in picked if r["match_relaxed"] == "True"]
+        drop = [float(r["energy_drop"]) for r in picked]
+        match = len(rmsd) / len(picked) if picked else float("nan")
+        print(f"| {name} | {match:.3g} | {statistics.fmean(rmsd):.3g} | {statistics.fmean(drop):.3g} |")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,17 @@ def test_base_noise_separates_atoms_on_one_spot():
     noisy = _refiner(base_noise_std=0.02)
     assert spread(noisy) > 1e-3
     assert noisy.scheduler.config.base_noise_std == 0.02
+
+
+def test_refine_command_is_seeded(tmp_path):
+    """The base noise comes from --seed: the same seed gives the same file, another seed another one."""
+    _refiner(base_noise_std=0.05).save_pretrained(tmp_path / "noisy")
+    source = tmp_path / "in.cif"
+    source.write_text(rocksalt().to(fmt="cif"))
+    texts = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        out = tmp_path / f"{name}.cif"
+        argv = ["refine", str(source), "--refiner", str(tmp_path / "noisy"), "--steps", "3", "--seed", seed]
+        assert main([*argv, "--out", str(out)]) == 0
+        texts.append(out.read_text())
+    assert texts[0] == texts[1] != texts[2]

@@ -25,7 +25,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if not structures:
         raise UsageError(f"{args.input} holds no readable structure")
-    options = {"batch_size": args.batch_size, "revision": args.revision}
+    options = {"batch_size": args.batch_size, "revision": args.revision, "seed": args.seed}
     if args.steps is not None:
         options["num_steps"] = args.steps
     refined = refine(structures, args.refiner, **options)
@@ -46,5 +46,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--revision", help="Hub revision of --refiner")
     p.add_argument("--steps", type=int, help="Euler steps (default 100)")
     p.add_argument("--batch-size", type=int, default=64, help="structures integrated together (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the refiner's base noise (default 0)")
     p.add_argument("--out", required=True, help="output .cif or .extxyz (input ids kept)")
     p.set_defaults(func=_cmd_refine)

@@ -130,8 +130,15 @@ def refine(
     num_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     revision: str | None = None,
+    seed: int | None = None,
 ) -> list[Structure]:
-    """Refined copies of `structures`; `refiner` is a pipeline, a local folder or a Hub id (at `revision`)."""
+    """Refined copies of `structures`; `refiner` is a pipeline, a local folder or a Hub id (at `revision`).
+
+    `seed` makes the base noise (or the uniform base) reproducible; None draws from torch's global generator.
+    """
     if not isinstance(refiner, CrystalRefinerPipeline):
         refiner = CrystalRefinerPipeline.from_pretrained(refiner, revision=revision)
-    return refiner(structures, num_inference_steps=num_steps, batch_size=batch_size).structures
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return refiner(
+        structures, num_inference_steps=num_steps, batch_size=batch_size, generator=generator
+    ).structures
