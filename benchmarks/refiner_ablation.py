@@ -73,7 +73,7 @@ def main() -> None:
     for name, refiner in (("llm+refiner", args.refiner), ("uniform-refiner", args.uniform_refiner)):
         if not samples[name].exists():
             _wait(_run(["refine", str(samples["llm"]), "--refiner", refiner,
-                        "--steps", str(args.refine_steps), "--out", str(samples[name])]))  # fmt: skip
+                        "--steps", str(args.refine_steps), "--seed", str(args.seed), "--out", str(samples[name])]))  # fmt: skip
 
     jobs = []
     for name, path in samples.items():
