@@ -1,0 +1,290 @@
+"""CHGNet energies, forces and stresses for many crystals: one batched forward, one backward, no double graph.
+
+CHGNet's own ``CHGNet.forward`` (chgnet 0.4) takes two ``torch.autograd.grad`` calls with
+``create_graph=True`` (forces, then stress): it builds the graph of the gradients, which training needs
+and inference never uses, and walks the energy graph twice. Here the same modules compute the same
+energy, and one ``torch.autograd.grad`` call without ``create_graph`` returns dE/d(positions) and
+dE/d(strain) together. The installed package is not modified: its layers are called as they are
+(``CHGNet._compute`` with forces and stress switched off, the bond and angle basis expansions, the
+composition model); what is reimplemented is
+
+* the featurisation (``BatchedGraph.from_graphs`` loops over the graphs in Python): here it is one set
+  of tensor operations over the concatenated batch, with each structure's strained lattice gathered per
+  atom and per bond;
+* the graph construction (``CrystalGraphConverter``: pymatgen neighbour list, C graph, Python line
+  graph): here the same pymatgen neighbour list (``find_points_in_spheres``, CHGNet's cutoffs and
+  tolerance) and NumPy for the rest: a directed edge is paired with its reverse (``j -> i``, opposite
+  image), undirected edges are numbered in the order CHGNet numbers them, and the line graph holds the
+  same angles (every ordered pair of distinct short directed edges sharing a centre atom; CHGNet's
+  ``<=``/``<`` cutoff tests are kept). Edges and angles may come in another order, so results agree
+  with CHGNet to float32 rounding, not bit for bit.
+
+Units and conventions are CHGNet's: ``e`` in eV/atom for the intensive pretrained model, ``f`` = -dE/dx
+in eV/Å, ``s`` = (1/V) dE/dε in GPa (``CHGNet.predict_graph``'s keys). Not computed: magnetic moments
+(``m``: a separate head on the penultimate atom features, no influence on energy, forces or stress),
+site energies and features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+# CHGNet's eV/Å^3 -> GPa factor (chgnet.model.model.CHGNet._compute).
+EV_A3_TO_GPA = 160.21766208
+# CHGNet's neighbour-list tolerance (CrystalGraphConverter.forward -> Structure.get_neighbor_list).
+NEIGHBOR_TOL = 1e-8
+
+
+@dataclass
+class CrystalArrays:
+    """One crystal's CHGNet graph as NumPy arrays (the content of a ``chgnet.graph.CrystalGraph``).
+
+    ``atom_graph`` [E, 2] directed edges (centre, neighbour), ``image`` [E, 3] the neighbour's cell,
+    ``directed2undirected`` [E], ``undirected2directed`` [U], ``bond_graph`` [A, 5] angles (centre atom,
+    undirected and directed index of the first bond, of the second bond).
+    """
+
+    atomic_numbers: np.ndarray
+    frac_coords: np.ndarray
+    lattice: np.ndarray
+    atom_graph: np.ndarray
+    image: np.ndarray
+    directed2undirected: np.ndarray
+    undirected2directed: np.ndarray
+    bond_graph: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+
+def crystal_graph(
+    numbers: Sequence[int],
+    positions: np.ndarray,
+    cell: np.ndarray,
+    *,
+    atom_graph_cutoff: float = 6.0,
+    bond_graph_cutoff: float = 3.0,
+) -> CrystalArrays:
+    """CHGNet's graph of a periodic crystal (cartesian ``positions`` in Å, ``cell`` rows = lattice vectors).
+
+    Raises ValueError for an atom without neighbour within ``atom_graph_cutoff`` (CHGNet's converter
+    with ``on_isolated_atoms="error"``) or an incomplete neighbour list.
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    numbers = np.asarray(numbers, dtype=np.int64)
+    cart = np.ascontiguousarray(positions, dtype=float)
+    lattice = np.ascontiguousarray(cell, dtype=float)
+    n = len(numbers)
+    center, neighbor, image, distance = find_points_in_spheres(
+        cart,
+        cart,
+        r=float(atom_graph_cutoff),
+        pbc=np.ones(3, dtype=np.int64),
+        lattice=lattice,
+        tol=NEIGHBOR_TOL,
+    )
+    keep = ~((center == neighbor) & (distance <= NEIGHBOR_TOL))
+    center, neighbor = center[keep].astype(np.int64), neighbor[keep].astype(np.int64)
+    image, distance = np.round(image[keep]).astype(np.int64), distance[keep]
+    isolated = n - len(np.unique(center))
+    if isolated:
+        raise ValueError(
+            f"{isolated} isolated atom(s) with atom_graph_cutoff={atom_graph_cutoff}: "
+            "CHGNet calculation would go wrong"
+        )
+
+    # Pair each directed edge (i, j, image) with its reverse (j, i, -image).
+    n_edges = len(center)
+    span = int(np.abs(image).max(initial=0)) + 1
+    base = 2 * span + 1
+    if float(n) ** 2 * float(base) ** 3 >= 2.0**62:
+        raise ValueError("neighbour list too large to index")
+
+    def key(a, b, img):
+        shifted = img + span
+        return ((a * n + b) * base + shifted[:, 0]) * base**2 + shifted[:, 1] * base + shifted[:, 2]
+
+    forward = key(center, neighbor, image)
+    backward = key(neighbor, center, -image)
+    order = np.argsort(forward, kind="stable")
+    pos = np.minimum(np.searchsorted(forward, backward, sorter=order), n_edges - 1)
+    reverse = order[pos]
+    if n_edges and not np.array_equal(forward[reverse], backward):
+        raise ValueError("directed edges are not complete (an edge without its reverse)")
+
+    # Undirected edges numbered by their first directed edge, as CHGNet's Graph.add_edge does.
+    first = np.arange(n_edges) < reverse
+    directed2undirected = np.empty(n_edges, dtype=np.int64)
+    directed2undirected[first] = np.arange(int(first.sum()))
+    directed2undirected[~first] = directed2undirected[reverse[~first]]
+    undirected2directed = np.flatnonzero(first)
+
+    # Angles: ordered pairs (a, b), a != b, of directed edges with the same centre. CHGNet takes a from
+    # the undirected edges with length <= cutoff (the length of their first directed edge) and b among
+    # the directed edges with length < cutoff.
+    a_edges = np.flatnonzero(distance[undirected2directed][directed2undirected] <= bond_graph_cutoff)
+    b_edges = np.flatnonzero(distance < bond_graph_cutoff)
+    b_edges = b_edges[np.argsort(center[b_edges], kind="stable")]
+    counts = np.bincount(center[b_edges], minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_a = counts[center[a_edges]]
+    a_rep = np.repeat(a_edges, per_a)
+    offsets = np.arange(len(a_rep)) - np.repeat(np.cumsum(per_a) - per_a, per_a)
+    b_rep = b_edges[np.repeat(starts[center[a_edges]], per_a) + offsets]
+    distinct = a_rep != b_rep
+    a_rep, b_rep = a_rep[distinct], b_rep[distinct]
+    bond_graph = np.stack(
+        [center[a_rep], directed2undirected[a_rep], a_rep, directed2undirected[b_rep], b_rep], axis=1
+    ).reshape(-1, 5)
+
+    return CrystalArrays(
+        atomic_numbers=numbers,
+        frac_coords=cart @ np.linalg.inv(lattice),  # pymatgen's Lattice.get_fractional_coords
+        lattice=lattice,
+        atom_graph=np.stack([center, neighbor], axis=1).reshape(-1, 2),
+        image=image,
+        directed2undirected=directed2undirected,
+        undirected2directed=undirected2directed,
+        bond_graph=bond_graph,
+    )
+
+
+class FastCHGNet:
+    """Batched CHGNet energies, forces and stresses with a single backward pass (see the module docstring).
+
+    Args:
+        model: a ``chgnet.model.CHGNet`` (its weights and modules are used as they are).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        converter = model.graph_converter
+        self.atom_graph_cutoff = float(converter.atom_graph_cutoff)
+        self.bond_graph_cutoff = float(converter.bond_graph_cutoff)
+
+    def graph(self, numbers, positions, cell) -> CrystalArrays:
+        """The graph of one crystal, with the model's cutoffs."""
+        return crystal_graph(
+            numbers,
+            positions,
+            cell,
+            atom_graph_cutoff=self.atom_graph_cutoff,
+            bond_graph_cutoff=self.bond_graph_cutoff,
+        )
+
+    def structure_graph(self, structure) -> CrystalArrays:
+        """The graph of a pymatgen ``Structure``."""
+        return self.graph(
+            [site.specie.Z for site in structure], structure.cart_coords, structure.lattice.matrix
+        )
+
+    def predict_structures(self, structures) -> list[dict[str, np.ndarray]]:
+        """``predict`` on pymatgen structures."""
+        return self.predict([self.structure_graph(s) for s in structures])
+
+    def predict(self, graphs: Sequence[CrystalArrays]) -> list[dict[str, np.ndarray]]:
+        """Energy ``e`` (eV/atom if the model is intensive), forces ``f`` (eV/Å), stress ``s`` (GPa)."""
+        if not graphs:
+            return []
+        with torch.enable_grad():
+            energy, forces, stress, n_atoms = self._compute(graphs)
+        energy = energy.numpy()
+        forces = np.split(forces.numpy(), np.cumsum(n_atoms)[:-1])
+        stress = stress.numpy()
+        return [{"e": energy[k], "f": forces[k], "s": stress[k]} for k in range(len(graphs))]
+
+    def _compute(self, graphs: Sequence[CrystalArrays]):
+        from chgnet.graph.crystalgraph import TORCH_DTYPE
+        from chgnet.model.model import BatchedGraph
+
+        model = self.model
+        model.eval()
+        device = next(model.parameters()).device
+        n_atoms = np.array([g.n_atoms for g in graphs])
+        n_edges = np.array([len(g.atom_graph) for g in graphs])
+        n_undirected = np.array([len(g.undirected2directed) for g in graphs])
+        atom_offset = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+        edge_offset = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
+        und_offset = np.concatenate([[0], np.cumsum(n_undirected)[:-1]])
+        batch = np.arange(len(graphs))
+
+        def cat(arrays, dtype, offsets=None):
+            if offsets is not None:
+                arrays = [a + o for a, o in zip(arrays, offsets, strict=True)]
+            return torch.from_numpy(np.concatenate(arrays).astype(dtype)).to(device)
+
+        atomic_numbers = cat([g.atomic_numbers for g in graphs], np.int64)
+        frac = cat([g.frac_coords for g in graphs], np.float32)
+        lattice = torch.from_numpy(np.stack([g.lattice for g in graphs]).astype(np.float32)).to(device)
+        atom_owners = torch.from_numpy(np.repeat(batch, n_atoms)).to(device)
+        edge_owners = torch.from_numpy(np.repeat(batch, n_edges)).to(device)
+        atom_graph = cat([g.atom_graph for g in graphs], np.int64, atom_offset)
+        image = cat([g.image for g in graphs], np.float32)
+        directed2undirected = cat([g.directed2undirected for g in graphs], np.int64, und_offset)
+        undirected2directed = cat([g.undirected2directed for g in graphs], np.int64, edge_offset)
+        angle_offsets = [
+            np.array([a, u, e, u, e]) for a, u, e in zip(atom_offset, und_offset, edge_offset, strict=True)
+        ]
+        bond_graph = cat([g.bond_graph for g in graphs], np.int64, angle_offsets)
+
+        # Positions and strain with gradients: forces = -dE/dx, stress = (1/V) dE/dε (as CHGNet).
+        strain = torch.zeros((len(graphs), 3, 3), dtype=TORCH_DTYPE, device=device, requires_grad=True)
+        strained = torch.bmm(lattice, torch.eye(3, dtype=TORCH_DTYPE, device=device) + strain)
+        positions = torch.einsum("ni,nij->nj", frac, strained[atom_owners])
+        neighbors = positions[atom_graph[:, 1]] + torch.einsum("ei,eij->ej", image, strained[edge_owners])
+        bond_vectors = positions[atom_graph[:, 0]] - neighbors
+        bond_lengths = torch.norm(bond_vectors, dim=1)
+        bond_vectors = bond_vectors / bond_lengths[:, None]
+        undirected_lengths = torch.index_select(bond_lengths, 0, undirected2directed)
+        expansion = model.bond_basis_expansion
+        bond_bases_ag = expansion.rbf_expansion_ag(undirected_lengths)
+        bond_bases_bg = expansion.rbf_expansion_bg(undirected_lengths)
+        if len(bond_graph):
+            angle_bases = model.angle_basis_expansion(
+                torch.index_select(bond_vectors, 0, bond_graph[:, 2]),
+                torch.index_select(bond_vectors, 0, bond_graph[:, 4]),
+            )
+            batched_bond_graph = bond_graph[:, [0, 1, 3]]
+        else:
+            angle_bases = batched_bond_graph = torch.tensor([], device=device)
+        with torch.no_grad():
+            volumes = torch.linalg.det(lattice.double()).to(TORCH_DTYPE)
+
+        graph = BatchedGraph(
+            atomic_numbers=atomic_numbers,
+            bond_bases_ag=bond_bases_ag,
+            bond_bases_bg=bond_bases_bg,
+            angle_bases=angle_bases,
+            batched_atom_graph=atom_graph,
+            batched_bond_graph=batched_bond_graph,
+            atom_owners=atom_owners,
+            directed2undirected=directed2undirected,
+            atom_positions=[positions],
+            strains=[strain],
+            volumes=volumes,
+        )
+        energy = model._compute(graph)["e"]  # per atom if intensive, composition model not included
+        counts = torch.from_numpy(n_atoms).to(device=device, dtype=energy.dtype)
+        weights = counts if model.is_intensive else torch.ones_like(energy)
+        grad_positions, grad_strain = torch.autograd.grad(energy, [positions, strain], grad_outputs=weights)
+        forces = -grad_positions
+        stress = grad_strain * (EV_A3_TO_GPA / volumes)[:, None, None]
+
+        energy = energy.detach()
+        if model.composition_model is not None:
+            with torch.no_grad():
+                shims = [
+                    SimpleNamespace(
+                        atomic_number=torch.from_numpy(g.atomic_numbers.astype(np.int32)).to(device)
+                    )
+                    for g in graphs
+                ]
+                energy = energy + model.composition_model(shims)
+        return energy.cpu(), forces.detach().cpu(), stress.detach().cpu(), n_atoms
