@@ -27,17 +27,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     start = writer.next_index() if args.resume else 0
     if not args.resume and (out.exists() or (llm_writer and llm_writer.path.exists())):
         raise UsageError(f"{args.out} exists: pass --resume to continue it, or choose another --out")
-    conditions = {
-        key: value
-        for key, value in (
-            ("formula", args.formula),
-            ("spacegroup", args.spacegroup),
-            ("e_above_hull", args.e_above_hull),
-            ("formation_energy_per_atom", args.formation_energy),
-            ("band_gap", args.band_gap),
-        )
-        if value is not None
-    }
+    plan = _condition_plan(args)
+    total = sum(count for _, count in plan)
     model, tokenizer = load_crystal_model(args.model, revision=args.revision, allow_pickle=args.allow_pickle)
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=args.refiner)
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
@@ -47,9 +38,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     totals = {"generated": 0, "parsed": 0, "valid": 0, "refined valid": 0, "written": 0}
-    with tqdm(total=args.num, initial=min(start, args.num), unit=" crystals", desc="generating") as bar:
-        for index in range(start, args.num, args.batch_size):
-            n = min(args.batch_size, args.num - index)
+    with tqdm(total=total, initial=min(start, total), unit=" crystals", desc="generating") as bar:
+        for index, n, conditions in _batches(plan, start, args.batch_size):
             seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
             samples = pipe(conditions, num_return_sequences=n, seed=seed, **options)
             totals["generated"] += n
@@ -76,6 +66,58 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+_FLAGS = {
+    "formula": "formula",
+    "spacegroup": "spacegroup",
+    "e_above_hull": "e_above_hull",
+    "formation_energy_per_atom": "formation_energy",
+    "band_gap": "band_gap",
+}
+
+
+def _condition_plan(args: argparse.Namespace) -> list[tuple[dict, int]]:
+    """(conditions, count) per condition set: the command-line flags, or each line of --conditions-file."""
+    flags = {key: getattr(args, flag) for key, flag in _FLAGS.items() if getattr(args, flag) is not None}
+    if not args.conditions_file:
+        return [(flags, args.num)]
+    import json
+
+    from hf_crystal.prompts import generation_prompt
+
+    if flags:
+        raise UsageError("give conditions either as flags or in --conditions-file, not both")
+    if Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
+        raise UsageError(
+            "with --conditions-file, --out must be .csv or .jsonl (they keep each sample's conditions)"
+        )
+    plan = []
+    for number, line in enumerate(Path(args.conditions_file).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{args.conditions_file}, line {number}"
+        try:
+            conditions = json.loads(line)
+            count = conditions.pop("count", args.num) if isinstance(conditions, dict) else None
+            if not isinstance(count, int) or count < 1:
+                raise ValueError('each line must be a JSON object with an optional positive integer "count"')
+            generation_prompt(conditions)  # unknown keys and bad values fail here, with the line
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise UsageError(f"{where}: {exc}") from None
+        plan.append((conditions, count))
+    if not plan:
+        raise UsageError(f"{args.conditions_file} holds no condition sets")
+    return plan
+
+
+def _batches(plan: list[tuple[dict, int]], start: int, batch_size: int):
+    """(first sample index, size, conditions) of every batch still to draw, from sample `start` on."""
+    offset = 0
+    for conditions, count in plan:
+        for index in range(max(start, offset), offset + count, batch_size):
+            yield index, min(batch_size, offset + count - index), conditions
+        offset += count
+
+
 def add_parser(subparsers) -> None:
     """Add `generate` to the CLI's subparsers."""
     commands = subparsers
@@ -97,6 +139,11 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--e-above-hull", type=float, help="condition: energy above hull, eV/atom")
     gen.add_argument("--formation-energy", type=float, help="condition: formation energy per atom, eV/atom")
     gen.add_argument("--band-gap", type=float, help="condition: band gap, eV")
+    gen.add_argument(
+        "--conditions-file",
+        help='JSONL of condition sets, one per line with a count, e.g. {"formula": "NaCl", "count": 20} '
+        "(a conditional benchmark in one run; --num is the count of lines without one)",
+    )
     gen.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default 0.9)")
     gen.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
     gen.add_argument("--max-new-tokens", type=int, help="token budget per sample (default 1024)")

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pymatgen.core import Composition, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from hf_crystal.prompts import CONDITIONS
+
 __all__ = [
-    "CONDITION_KEYS",
     "NUMERIC_TOLERANCES",
     "SYMPRECS",
     "condition_counts",
@@ -34,7 +35,6 @@ __all__ = [
     "spacegroup_number",
 ]
 
-CONDITION_KEYS = ("formula", "spacegroup", "e_above_hull", "formation_energy_per_atom", "band_gap")
 SYMPRECS = (0.1, 0.01)
 # |requested - achieved| within these counts as satisfied (eV/atom; eV for band_gap).
 NUMERIC_TOLERANCES = {"e_above_hull": 0.1, "formation_energy_per_atom": 0.1, "band_gap": 0.5}
@@ -55,9 +55,9 @@ def parse_sample_conditions(value: str | dict | None) -> dict:
             raise ConditionError(f"conditions must be a JSON object, got {value!r}: {exc}") from None
     if not isinstance(value, dict):
         raise ConditionError(f"conditions must be a JSON object, got {value!r}")
-    unknown = set(value) - set(CONDITION_KEYS)
+    unknown = set(value) - set(CONDITIONS)
     if unknown:
-        raise ConditionError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITION_KEYS)}")
+        raise ConditionError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
     return value
 
 
@@ -114,7 +114,7 @@ def condition_counts(conditions: Sequence[dict], flags: Sequence[dict]) -> dict:
     ``cond_<numeric>_within``, and ``cond_<numeric>_mae`` with ``cond_<numeric>_measured``.
     """
     out: dict = {}
-    for key in CONDITION_KEYS:
+    for key in CONDITIONS:
         picked = [(c, f) for c, f in zip(conditions, flags, strict=True) if key in c]
         if not picked:
             continue

@@ -1,0 +1,61 @@
+"""`hf-crystal generate --conditions-file`: a conditional benchmark in one command."""
+
+import json
+
+import pytest
+
+from hf_crystal.commands import main
+from hf_crystal.commands.generate import _batches
+from hf_crystal.testing import save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("model"))
+
+
+def test_conditions_file_round_trip(tiny_model, tmp_path, capsys):
+    sets = tmp_path / "conditions.jsonl"
+    sets.write_text('{"formula": "NaCl", "count": 3}\n\n{"formula": "KBr", "spacegroup": 225}\n')
+    out = tmp_path / "samples.jsonl"
+    argv = ["generate", "--model", str(tiny_model), "--conditions-file", str(sets), "--num", "2"]
+    assert main([*argv, "--batch-size", "2", "--seed", "0", "--out", str(out)]) == 0
+    assert "generated 5" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    asked = [json.loads(r["conditions"]) for r in rows]
+    assert asked == [{"formula": "Na1Cl1"}] * 3 + [{"formula": "K1Br1", "spacegroup": 225}] * 2  # as prompted
+    assert [r["material_id"] for r in rows] == [f"sample-{i:06d}" for i in range(5)]
+
+
+def test_batches_cover_every_sample_once_and_resume_mid_set():
+    plan = [({"formula": "NaCl"}, 5), ({"spacegroup": 225}, 3)]
+    full = list(_batches(plan, 0, 2))
+    assert [(i, n) for i, n, _ in full] == [(0, 2), (2, 2), (4, 1), (5, 2), (7, 1)]
+    assert [c for _, _, c in full][-1] == {"spacegroup": 225}
+    assert [(i, n) for i, n, _ in _batches(plan, 6, 2)] == [(6, 2)]
+
+
+@pytest.mark.parametrize(
+    "content, out, message",
+    [
+        ('{"formula": "NaCl"}\n', "s.cif", "must be .csv or .jsonl"),
+        ('{"colour": "red"}\n', "s.jsonl", "line 1: unknown conditions"),
+        ('{"formula": "NaCl", "count": 0}\n', "s.jsonl", "positive integer"),
+        ("not json\n", "s.jsonl", "line 1"),
+        ("\n", "s.jsonl", "holds no condition sets"),
+    ],
+)
+def test_conditions_file_mistakes(tiny_model, tmp_path, capsys, content, out, message):
+    sets = tmp_path / "c.jsonl"
+    sets.write_text(content)
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_model),
+        "--conditions-file",
+        str(sets),
+        "--out",
+        str(tmp_path / out),
+    ]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
