@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_crystal.commands import codec, dataset, evaluate, generate, hub, refine, train
+from hf_crystal.commands import baseline, codec, dataset, evaluate, generate, hub, mutate, refine, train
 from hf_crystal.commands.errors import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(commands)
     evaluate.add_parser(commands)
     hub.add_parsers(commands)
+    mutate.add_parser(commands)
+    baseline.add_parser(commands)
     return parser
 
 
