@@ -58,11 +58,38 @@ def test_evaluate_without_relaxation(files, tmp_path):
     assert (out / "report.md").exists() and (out / "lattice.png").stat().st_size > 1000
 
 
-def test_evaluate_end_to_end_with_default_hull(files, tmp_path):
+def test_evaluate_uses_the_shipped_hull_by_default(files, tmp_path):
+    from hf_crystal.evaluation.report import SHIPPED_HULL_CHECK
+    from hf_crystal.evaluation.stability import SHIPPED_HULL
+
     out, metrics = _run(files, tmp_path, "--max-steps", "4")
+    assert metrics["hull"].startswith(f"shipped hull {SHIPPED_HULL.name}") and metrics["hull_entries"] > 10000
+    assert "hull_skipped" not in metrics and set(METRICS) - {"hull_skipped"} <= set(metrics)
+    rows = list(csv.DictReader(open(out / "samples.csv")))
+    # MP-20 holds Na-Cl and K-Cl compounds.
+    assert [r["hull_covered"] for r in rows] == ["True"] * 3
+    assert metrics["n_hull_covered"] == 3 and metrics["n_stability"] == 4  # the unreadable file counts
+    assert metrics["hull_coverage"] == pytest.approx(3 / 4)
+    report = (out / "report.md").read_text()
+    assert metrics["hull"] in report and SHIPPED_HULL_CHECK in report and "Warning" not in report
+
+
+def test_evaluate_hull_options_are_checked_first(files, tmp_path, capsys):
+    samples, reference, _ = files
+    argv = ["evaluate", str(samples), "--reference", str(reference), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--hull-set", "train"]) == 2
+    assert "--hull self-consistent" in capsys.readouterr().err
+    assert main([*argv, "--hull", str(tmp_path / "missing.json.gz")]) == 2
+    assert "hull entries file not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_end_to_end_with_self_consistent_hull(files, tmp_path):
+    out, metrics = _run(files, tmp_path, "--max-steps", "4", "--hull", "self-consistent")
     assert set(METRICS) <= set(metrics)
     assert metrics["hull"].startswith("self-consistent CHGNet")
     assert metrics["hull_entries"] == 4  # Na and K (bcc), Cl2 in a box, the reference NaCl
+    assert metrics["n_hull_covered"] == 2 and metrics["hull_coverage"] == 0.5  # the NaCl samples, not KCl
     assert metrics["relax_success_rate"] == 1.0
     rows = list(csv.DictReader(open(out / "samples.csv")))
     e_hull = [float(r["e_hull"]) for r in rows]
@@ -74,7 +101,7 @@ def test_evaluate_end_to_end_with_default_hull(files, tmp_path):
     assert "self-consistent CHGNet" in report and "e_hull.png" in report and (out / "e_hull.png").exists()
     # A rerun is served by the relaxation cache and gives the same numbers.
     n_cached = len(list((tmp_path / "cache").rglob("*.json")))
-    _, again = _run(files, tmp_path, "--max-steps", "4")
+    _, again = _run(files, tmp_path, "--max-steps", "4", "--hull", "self-consistent")
     assert len(list((tmp_path / "cache").rglob("*.json"))) == n_cached
     assert again == metrics
 

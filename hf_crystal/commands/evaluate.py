@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from hf_crystal.commands.errors import UsageError
 from hf_crystal.evaluation.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FMAX,
@@ -37,12 +38,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="reference (test) structures for coverage and the hull")
     p.add_argument("--train", help="training structures for novelty")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--hull", help="pymatgen entries JSON(.gz) for the convex hull (default: self-consistent)")
+    p.add_argument(
+        "--hull",
+        metavar="FILE|self-consistent",
+        help="convex hull for E_hull: a pymatgen entries JSON(.gz) (e.g. Materials Project's), or "
+        "'self-consistent' (--hull-set structures and ASE elements relaxed with CHGNet); default: the shipped "
+        "MP-20 hull (CHGNet static energies of MP-20 train + val and relaxed elements, MP2020)",
+    )
     p.add_argument(
         "--hull-set",
         choices=["reference", "train", "both"],
-        default="reference",
-        help="structures of the self-consistent hull besides the elements (default: reference)",
+        help="with --hull self-consistent: its structures besides the elements (default: reference)",
     )
     p.add_argument("--no-relax", action="store_true", help="skip relaxation and stability")
     p.add_argument(
@@ -118,6 +124,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hf_crystal.evaluation.metrics import compute_metrics
     from hf_crystal.evaluation.report import write_report
 
+    self_consistent = (
+        args.hull == "self-consistent"
+    )  # stability.SELF_CONSISTENT (not imported: it loads pymatgen)
+    if args.hull_set and not self_consistent:
+        raise UsageError("--hull-set chooses the structures of --hull self-consistent; add that option")
+    if args.hull and not self_consistent and not Path(args.hull).exists():
+        raise FileNotFoundError(f"hull entries file not found: {args.hull}")
     if args.threads:
         import torch
 
@@ -129,7 +142,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.samples} holds no structures")
     if not reference:
         raise ValueError(f"{args.reference} holds no readable reference structures")
-    hull_structures = {"reference": reference, "train": train, "both": [*reference, *train]}[args.hull_set]
+    hull_set = args.hull_set or "reference"
+    hull_structures = {"reference": reference, "train": train, "both": [*reference, *train]}[hull_set]
     args.out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the relaxations
     relaxer = None
     if not args.no_relax:

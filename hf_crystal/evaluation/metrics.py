@@ -31,10 +31,17 @@ from hf_crystal.evaluation.distributions import densities, distribution_distance
 from hf_crystal.evaluation.novelty import default_matcher, novel_flags, unique_flags
 from hf_crystal.evaluation.validity import validity_flags
 
-__all__ = ["METRICS", "SAMPLE_COLUMNS", "Distributions", "EvaluationResult", "compute_metrics"]
+__all__ = [
+    "METRICS",
+    "SAMPLE_COLUMNS",
+    "Distributions",
+    "EvaluationResult",
+    "compute_metrics",
+    "wilson_interval",
+]
 
 # Flat metrics.json keys and what they mean (rates are over all samples, unreadable inputs included,
-# unless the description says otherwise).
+# unless the description says otherwise). ``*_ci95`` keys hold [low, high]: the 95% Wilson score interval.
 METRICS = {
     "n_samples": "samples evaluated (readable)",
     "n_unreadable": "samples that could not be read or parsed (count as invalid and unstable)",
@@ -68,16 +75,31 @@ METRICS = {
     "metastable_rate": "fraction with E_hull < 0.1 eV/atom (Gruver et al.; over all samples, unrelaxed ones count as not)",
     "stable_rate": "fraction with E_hull < 0 and >= 2 elements (FlowLLM)",
     "sun_rate": "fraction stable, unique and novel (S.U.N.)",
+    "metastable_rate_ci95": "95% Wilson interval of metastable_rate (denominator n_stability)",
+    "stable_rate_ci95": "95% Wilson interval of stable_rate (denominator n_stability)",
+    "sun_rate_ci95": "95% Wilson interval of sun_rate (denominator n_stability)",
+    "n_stability": "denominator of the all-sample stability rates: readable + unreadable samples",
     "hull": "which convex hull the stability numbers refer to",
     "hull_entries": "number of entries in the hull",
     "hull_skipped": "self-consistent hull: structures left out (relaxation failed or MP2020 rejected them)",
+    "n_hull_covered": "samples whose chemical system (or a subsystem of it) holds a compound of the hull (an entry "
+    "of >= 2 elements; single-element samples never do): the denominator of the *_covered rates",
+    "hull_coverage": "n_hull_covered / n_stability: the fraction of samples the hull says more about than "
+    "elemental references do (below one half, the all-sample stability rates say little)",
+    "hull_coverage_ci95": "95% Wilson interval of hull_coverage",
+    "metastable_rate_covered": "metastable_rate over the hull-covered samples (denominator n_hull_covered)",
+    "metastable_rate_covered_ci95": "95% Wilson interval of metastable_rate_covered",
+    "stable_rate_covered": "stable_rate over the hull-covered samples (denominator n_hull_covered)",
+    "stable_rate_covered_ci95": "95% Wilson interval of stable_rate_covered",
+    "sun_rate_covered": "sun_rate over the hull-covered samples (denominator n_hull_covered)",
+    "sun_rate_covered_ci95": "95% Wilson interval of sun_rate_covered",
 }
 
 # Keys of the per-sample rows = columns of samples.csv, in order (stability keys stay None without relaxation).
 SAMPLE_COLUMNS = [
     "id", "formula", "n_atoms", "n_elements", "density", "struct_valid", "comp_valid", "valid", "unique",
     "novel", "relax_error", "converged", "steps", "energy_per_atom", "energy_drop", "corrected_energy_per_atom",
-    "e_hull", "hull_error", "metastable", "stable", "sun", "match_relaxed", "rmsd_relaxed",
+    "e_hull", "hull_error", "hull_covered", "metastable", "stable", "sun", "match_relaxed", "rmsd_relaxed",
 ]  # fmt: skip
 
 
@@ -139,8 +161,9 @@ def compute_metrics(
     Args:
         sample_ids: names of the samples (default ``sample-0``, ``sample-1``, ...).
         n_unreadable: samples the reader could not parse; they count as invalid and unstable.
-        hull_entries: pymatgen entries (or a JSON file of them) for the hull; None builds the self-consistent hull
-            from ``hull_structures`` (default: ``reference``) and ASE elemental references.
+        hull_entries: the hull: None for the shipped MP-20 hull (``stability.SHIPPED_HULL``), pymatgen entries or
+            a JSON file of them, or ``"self-consistent"`` to build one from ``hull_structures`` (default:
+            ``reference``) and ASE elemental references with ``relaxer``.
         relaxer: a ``BatchedRelaxer`` (default: CHGNet with its default settings and the user cache).
         relax: False skips relaxation and stability (fast structural metrics only).
         relax_invalid: also relax structurally invalid samples (by default they are not relaxed and count as
@@ -214,6 +237,27 @@ def _rate(count: float, total: int) -> float:
     return float(count) / total if total else float("nan")
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927); (NaN, NaN) when ``n`` is 0."""
+    from scipy.stats import norm
+
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denominator = 1 + z**2 / n
+    center = (p + z**2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def _rate_with_ci(name: str, count: int, total: int) -> dict:
+    """``name``: ``count`` / ``total``, and ``name_ci95``: its Wilson interval."""
+    return {name: _rate(count, total), f"{name}_ci95": [_plain(x) for x in wilson_interval(count, total)]}
+
+
 def _plain(value):
     """A JSON / CSV value: NaN and infinities become None, numpy scalars Python ones."""
     if isinstance(value, float | np.floating):
@@ -274,14 +318,21 @@ class _Hull:
 
 def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) -> _Hull:
     from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
-    from hf_crystal.evaluation.stability import HullReference, default_hull, load_entries
+    from hf_crystal.evaluation.stability import (
+        SELF_CONSISTENT,
+        HullReference,
+        default_hull,
+        load_hull,
+        shipped_hull,
+    )
 
     relaxer = relaxer or BatchedRelaxer(cache_dir=default_cache_dir() / "relax")
-    if isinstance(hull_entries, str | Path):
-        entries = load_entries(hull_entries)
-        return _Hull(HullReference(entries, f"user-supplied entries: {Path(hull_entries).name}"), relaxer)
-    if hull_entries is not None:
+    if hull_entries is None:
+        return _Hull(shipped_hull(), relaxer)
+    if not isinstance(hull_entries, str | Path):
         return _Hull(HullReference(hull_entries, f"user-supplied entries ({len(hull_entries)})"), relaxer)
+    if str(hull_entries) != SELF_CONSISTENT:
+        return _Hull(load_hull(hull_entries), relaxer)
     sample_elements = {el.symbol for s in samples for el in s.composition.elements}
     reference, summary = default_hull(hull_structures, sample_elements, relaxer, progress=progress)
     return _Hull(reference, relaxer, {k: v for k, v in summary.items() if k != "hull_skipped_examples"})
@@ -306,8 +357,9 @@ def _stability(
     todo = [i for i, row in enumerate(rows) if relax_invalid or row["struct_valid"]]
     results = hull.relaxer.relax([samples[i] for i in todo], progress=progress, desc="relax samples")
     entries = corrected_entries([r.structure for r in results], [r.energy for r in results])
-    for row in rows:
+    for row, s in zip(rows, samples, strict=True):
         row |= {"relax_error": _NOT_RELAXED, "metastable": False, "stable": False, "sun": False}
+        row["hull_covered"] = hull.reference.covers(el.symbol for el in s.composition.elements)
     matcher = default_matcher()
     relaxed = []
     for i, r, e in tqdm(
@@ -352,16 +404,28 @@ def _stability_metrics(rows, results, *, n_total: int, hull: _Hull) -> dict:
         "rmsd_to_relaxed": float(np.mean([row["rmsd_relaxed"] for row in matched])) if matched else nan,
         "e_hull_mean": float(e_hulls.mean()) if len(e_hulls) else nan,
         "e_hull_median": float(np.median(e_hulls)) if len(e_hulls) else nan,
-        "metastable_rate": _rate(sum(row["metastable"] for row in rows), n_total),
-        "stable_rate": _rate(sum(row["stable"] for row in rows), n_total),
-        # Without a training set novelty is unknown, and so is S.U.N.
-        "sun_rate": _rate(sum(row["sun"] for row in rows), n_total)
-        if all(row["novel"] is not None for row in rows)
-        else nan,
+        **_stability_rates(rows, n_total=n_total),
         "hull": hull.reference.description,
         "hull_entries": hull.reference.n_entries,
         **hull.summary,
     }
+
+
+def _stability_rates(rows, *, n_total: int) -> dict:
+    """Metastable / stable / S.U.N. rates over all samples and over the hull-covered ones, with denominators
+    and Wilson intervals, and the hull coverage."""
+    covered = [row for row in rows if row["hull_covered"]]
+    out = {"n_stability": n_total, "n_hull_covered": len(covered)}
+    out |= _rate_with_ci("hull_coverage", len(covered), n_total)
+    novelty_known = all(row["novel"] is not None for row in rows)
+    for suffix, subset, total in (("", rows, n_total), ("_covered", covered, len(covered))):
+        for key in ("metastable", "stable", "sun"):
+            name = f"{key}_rate{suffix}"
+            if key == "sun" and not novelty_known:  # without a training set novelty is unknown, so is S.U.N.
+                out |= {name: float("nan"), f"{name}_ci95": None}
+            else:
+                out |= _rate_with_ci(name, sum(bool(row[key]) for row in subset), total)
+    return out
 
 
 def _distance_to_relaxed(matcher, structure: Structure, relaxed: Structure) -> dict:
