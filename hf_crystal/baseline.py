@@ -6,7 +6,8 @@ its sample's composition (the same number of atoms of each element in the cell) 
 - Default: each attempt draws a space group uniformly among those pyxtal finds compatible with the
   composition's atom counts, and places the atoms on random Wyckoff positions of that group.
 - ``same_spacegroup=True``: the space group of the sample (pymatgen's ``SpacegroupAnalyzer`` at
-  ``symprec``). pyxtal counts atoms in the conventional cell: when the sample's counts do not fit the group
+  ``symprec``, or at symprec / 10 or / 100 when spglib fails: LLM samples can hold atoms closer than the
+  tolerance; coinciding atoms have no space group and count as failures). pyxtal counts atoms in the conventional cell: when the sample's counts do not fit the group
   (a primitive cell of a centred lattice), the conventional counts are generated and the result is reduced
   to its primitive cell, which must give back the sample's counts.
 
@@ -93,13 +94,20 @@ def _one(
     if same_spacegroup:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        try:
-            analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
-            group = analyzer.get_space_group_number()
-            conventional = len(analyzer.get_conventional_standard_structure())
-            primitive = len(analyzer.find_primitive())
-        except Exception as exc:  # spglib failures on degenerate cells
-            return None, None, f"space group not found: {exc}"
+        found = None
+        for tolerance in (symprec, symprec / 10, symprec / 100):
+            try:
+                analyzer = SpacegroupAnalyzer(structure, symprec=tolerance)
+                group = analyzer.get_space_group_number()
+                conventional = len(analyzer.get_conventional_standard_structure())
+                primitive = len(analyzer.find_primitive())
+            except Exception as exc:  # spglib fails on atoms closer than the tolerance
+                found = found or str(exc)
+                continue
+            found = None
+            break
+        if found is not None:
+            return None, None, f"space group not found (symprec {symprec:g} to {symprec / 100:g}): {found}"
         options = [(counts, 1)]
         factor = conventional // primitive if primitive and conventional % primitive == 0 else 1
         if factor > 1:

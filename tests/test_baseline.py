@@ -56,6 +56,14 @@ def test_failures_are_counted_not_dropped(monkeypatch):
     assert [name for name, _ in result.structures] == ["salt"]
     assert [name for name, _ in result.failures] == ["disordered"]
     assert result.failures[0][1].startswith("partial occupancies")
+    # LLM samples: atoms closer than symprec get a space group at a finer tolerance; coinciding ones none.
+    close = Structure(Lattice.cubic(5.0), ["Na", "Na", "Cl"], [[0, 0, 0], [0.01, 0, 0], [0.5, 0.5, 0.5]])
+    same = Structure(Lattice.cubic(5.0), ["Na", "Na", "Cl"], [[0, 0, 0], [0, 0, 0], [0.5, 0.5, 0.5]])
+    result = random_like([("close", close), ("same", same)], same_spacegroup=True, seed=0)
+    assert [name for name, _ in result.structures] == ["close"]
+    assert result.structures[0][1].composition == close.composition
+    assert [name for name, _ in result.failures] == ["same"]
+    assert result.failures[0][1].startswith("space group not found")
     # pyxtal giving up on every attempt: the sample is reported after exactly `attempts` tries.
     import hf_crystal.baseline as baseline
 
