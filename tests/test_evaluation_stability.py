@@ -13,6 +13,7 @@ from hf_crystal.evaluation.stability import (
     corrected_entries,
     elemental_reference_structures,
     load_entries,
+    load_hull,
     mp2020_parameters,
     stability_flags,
 )
@@ -58,6 +59,11 @@ def test_load_entries_file_shapes(tmp_path, shape):
     path.write_text(json.dumps(data))
     hull = HullReference(load_entries(path), "file")
     assert hull.e_above_hull(ComputedEntry("NaCl3", -8.8)) == pytest.approx(0.05)
+    lazy = load_hull(path)  # entry dicts, decoded per chemical system when needed
+    assert lazy.description == "user-supplied entries: entries.json" and lazy.n_entries == 4
+    assert lazy.covers(["Na", "Cl"]) and lazy.e_above_hull(ComputedEntry("NaCl3", -8.8)) == pytest.approx(
+        0.05
+    )
 
 
 def test_load_entries_errors(tmp_path):
@@ -66,6 +72,10 @@ def test_load_entries_errors(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps([{"a": 1}]))
     with pytest.raises(HullError, match="no pymatgen entry"):
         load_entries(tmp_path / "x.json")
+    pd_entry = {"@module": "pymatgen.analysis.phase_diagram", "@class": "PDEntry", "composition": {"Na": 1}}
+    (tmp_path / "pd.json").write_text(json.dumps([pd_entry | {"energy": -1.0}]))
+    with pytest.raises(HullError, match="1 objects .*PDEntry.* are not ComputedEntry"):
+        load_hull(tmp_path / "pd.json")
 
 
 def test_mp2020_correction_of_ml_energies():
