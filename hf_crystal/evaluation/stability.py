@@ -434,8 +434,8 @@ def build_hull_file(
     Structures are deduplicated by id (the first one kept, the others counted as ``n_duplicates``).
     Resumable: finished structures go to ``<out>.progress.jsonl`` batch by batch and a rerun with the same
     ``out`` computes only the rest (the elemental relaxations come back from ``relaxer``'s cache); delete
-    that file to start over. ``skipped`` lists (id, reason) the caller set aside (unreadable, duplicate
-    ids); they are counted in the file with the structures that fail here. Returns the file's summary
+    that file to start over. ``skipped`` lists (id, reason) the caller set aside (e.g. unreadable); they are
+    counted in the file with the structures that fail here. Returns the file's summary
     (everything but the entries).
     """
     from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
@@ -456,6 +456,7 @@ def build_hull_file(
         model = relaxer.model if relaxer is not None else CHGNet.load(verbose=False, use_device="cpu")
     relaxer = relaxer or BatchedRelaxer(model, cache_dir=default_cache_dir() / "relax")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     header = {"model": f"chgnet-{model.version}", "energies": "static (CHGNet at the given geometries)"}
     done = _read_progress(out, header)
     todo = [i for i, name in enumerate(ids) if name not in done]
@@ -473,7 +474,9 @@ def build_hull_file(
             for i, (_, why), entry in zip(chunk, energies, entries, strict=True):
                 record = {"id": ids[i]}
                 record |= (
-                    {"entry": _compact(entry).as_dict()} if entry else {"error": why or "MP2020 rejected"}
+                    {"entry": _compact(entry).as_dict()}
+                    if entry is not None
+                    else {"error": why or "MP2020 rejected"}
                 )
                 done[ids[i]] = record
                 log.write(json.dumps(record) + "\n")
@@ -559,7 +562,6 @@ def _compact(entry: ComputedStructureEntry) -> ComputedEntry:
 def _write_gzip_json(path: Path, data: dict) -> None:
     """Write ``data`` atomically (temporary name, then rename); gzip without a timestamp, so that the same
     entries give the same bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
         fh.write(json.dumps(data, separators=(",", ":")).encode())
