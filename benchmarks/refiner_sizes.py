@@ -19,7 +19,7 @@ import torch
 
 from hf_crystal.data import read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
-from hf_crystal.evaluation.relax import BatchedRelaxer
+from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
 from hf_crystal.refiner import CrystalRefinerPipeline
 
 COLUMNS = (
@@ -50,7 +50,7 @@ def main() -> None:
     _, samples, skipped = read_structures(args.samples)
     samples = samples[: args.num]
     _, reference, _ = read_structures(args.reference)
-    relaxer = BatchedRelaxer(max_steps=args.max_steps)
+    relaxer = BatchedRelaxer(max_steps=args.max_steps, cache_dir=default_cache_dir() / "relax")  # resumable
 
     def quality(structures) -> dict:
         valid = compute_metrics(structures, reference[: args.relax], relax=False, progress=False).metrics
