@@ -9,9 +9,12 @@ OUT/seeds.cif, then runs `hf-crystal mutate` once per proposer (in parallel, one
 the same seeds, rounds, population, children, acceptance rule and seed, so each row spends the same
 budget of candidates (relaxations), and prints one table from the logs: candidates, how many got an
 E_hull, how many end below --threshold (and how many distinct formulas), accepted, median and best
-E_hull, wall time. Proposers: `infill` (the model ranks replacements), `infill+subs` (the model ranks
-only replacements pymatgen's SubstitutionPredictor allows) and `random` (replacements sampled from
-SubstitutionPredictor's probabilities). Each command is printed before it runs; a rerun resumes the logs
+E_hull, wall time; with --hull, how many of the candidates below the threshold lie in a chemical system
+in which the hull holds a compound (elsewhere E_hull is measured against lower-order systems only, so
+it is optimistic). --pool adds a table over the logs of several finished output folders.
+Proposers: `infill` (the model ranks replacements), `infill+subs` (the model ranks only replacements
+pymatgen's SubstitutionPredictor allows) and `random` (replacements sampled from SubstitutionPredictor's
+probabilities). Each command is printed before it runs; a rerun resumes the logs
 (`--resume`) and skips proposers whose run finished.
 """
 
@@ -62,16 +65,37 @@ def _seeds(args: argparse.Namespace, out: Path) -> int:
     return len(chosen)
 
 
-def _row(name: str, log: Path, seconds: float | None, threshold: float) -> list[str]:
+def _hull_systems(path: str | None) -> set[frozenset[str]] | None:
+    """Chemical systems in which the hull file holds at least one compound (None without --hull)."""
+    if not path:
+        return None
+    from hf_crystal.evaluation.stability import load_entries
+
+    return {
+        frozenset(el.symbol for el in e.composition.elements)
+        for e in load_entries(path)
+        if len(e.composition.elements) > 1
+    }
+
+
+def _row(name: str, logs: list[Path], seconds: float | None, args, systems) -> list[str]:
+    """One table row over the logs of one proposer (several output folders pool their candidates)."""
+    from pymatgen.core import Composition
+
     from hf_crystal.mutation import read_log, summarize
 
-    rows = read_log(log)
-    s = summarize(rows, threshold=threshold)
+    rows = [r for log in logs for r in read_log(log)]
+    s = summarize(rows, threshold=args.threshold)
     seeds = [r for r in rows if r["round"] == 0]
+    below = [r for r in rows if r["round"] >= 1 and r["e_hull"] < args.threshold]
 
     def f(x):
         return "-" if math.isnan(x) else f"{x:.3f}"
 
+    covered = "-"
+    if systems is not None:
+        n = sum(frozenset(el.symbol for el in Composition(r["formula"]).elements) in systems for r in below)
+        covered = str(n)
     return [
         name,
         str(len(seeds)),
@@ -79,11 +103,23 @@ def _row(name: str, log: Path, seconds: float | None, threshold: float) -> list[
         str(s["n_with_e_hull"]),
         f"{s['n_below']} ({s['n_below'] / s['n_candidates']:.0%})" if s["n_candidates"] else "0",
         str(s["n_unique_below"]),
+        covered,
         str(s["n_accepted"]),
         f(s["median_e_hull"]),
         f(s["best_e_hull"]),
         "-" if seconds is None else f"{seconds / 60:.1f}",
     ]
+
+
+def _table(args, folders: list[Path], timings: dict, systems) -> None:
+    header = ["proposer", "seeds", "candidates", "with E_hull", f"E_hull < {args.threshold:g}"]
+    header += ["formulas < thr.", "< thr., system in hull", "accepted", "median E_hull", "best E_hull"]
+    header += ["wall min"]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name in args.proposers:
+        logs = [folder / f"{name}.csv" for folder in folders]
+        row = _row(name, logs, timings.get(name) if len(folders) == 1 else None, args, systems)
+        print("| " + " | ".join(row) + " |")
 
 
 def main() -> None:
@@ -106,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequential", action="store_true", help="one proposer at a time")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--pool", nargs="+", type=Path, help="finished output folders to pool with --out")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +185,11 @@ def main() -> None:
             timings[name] = time.time() - start
             timings_path.write_text(json.dumps(timings, indent=1))
         time.sleep(1)
-    header = ["proposer", "seeds", "candidates", "with E_hull", f"E_hull < {args.threshold:g}"]
-    header += ["formulas < thr.", "accepted", "median E_hull", "best E_hull", "wall min"]
-    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for name in args.proposers:
-        row = _row(name, args.out / f"{name}.csv", timings.get(name), args.threshold)
-        print("| " + " | ".join(row) + " |")
+    systems = _hull_systems(args.hull)
+    _table(args, [args.out], timings, systems)
+    if args.pool:
+        print(f"\npooled over {', '.join(str(p) for p in [args.out, *args.pool])}:")
+        _table(args, [args.out, *args.pool], {}, systems)
 
 
 if __name__ == "__main__":
