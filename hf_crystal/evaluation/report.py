@@ -156,6 +156,9 @@ def _stability_lines(metrics: dict) -> list[str]:
         "their chemical system or a subsystem of it.",
     ]
     for key, what in (("metastable", "metastable"), ("stable", "stable"), ("sun", "S.U.N.")):
+        if key == "sun" and metrics["sun_rate"] is None:
+            lines.append(f"- {what}: n/a (novelty needs a training set)")
+            continue
         lines.append(
             f"- {what}: {_shown(metrics[f'{key}_rate'])} {_shown(metrics[f'{key}_rate_ci95'])} of all "
             f"{metrics['n_stability']}; {_shown(metrics[f'{key}_rate_covered'])} "
