@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 from torch.nn.utils.rnn import pad_sequence
-from transformers import GenerationConfig, LogitsProcessorList, Pipeline, set_seed
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, Pipeline, set_seed
+from transformers.cache_utils import DynamicLayer
 
 from hf_crystal.constraints import CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.evaluation.validity import validity_flags
@@ -44,6 +45,76 @@ DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_P = 0.9
 # Resampling cap of `until_valid`: total samples per requested crystal.
 DEFAULT_MAX_ATTEMPTS = 10
+# Spare room of the key/value buffers (`_AppendLayer`): half the length again, at least this many positions.
+_KV_MIN_SPARE = 128
+
+
+class _AppendLayer(DynamicLayer):
+    """transformers' `DynamicLayer`, but appending in place into buffers with spare room.
+
+    `DynamicLayer.update` concatenates (`torch.cat`) the whole cache with the new position at every step: with a
+    batch of 64 and a few hundred positions that is tens of MB copied into a fresh allocation per layer and step,
+    and it was most of the decoding time (benchmarks/bench_generation.py, issue 11). Here `keys` and `values` are
+    views of buffers that grow by half their length when full; every other `DynamicLayer` method (crop, batch
+    selection, beam reordering) still works on the views, and an `update` after one of them that replaced the views
+    moves the states into new buffers. Same values as `DynamicLayer`, so generation is unchanged.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        buffers = self._buffers
+        if not (
+            buffers is not None
+            and length
+            and self.keys.data_ptr() == buffers[0].data_ptr()
+            and self.values.data_ptr() == buffers[1].data_ptr()
+            and self.keys.shape[:2] == buffers[0].shape[:2]
+            and length + new <= buffers[0].shape[-2]
+        ):
+            room = length + new + max(_KV_MIN_SPARE, (length + new) // 2)
+            buffers = self._buffers = tuple(
+                states.new_empty((*states.shape[:2], room, states.shape[-1]))
+                for states in (key_states, value_states)
+            )
+            if length:
+                buffers[0][:, :, :length].copy_(self.keys)
+                buffers[1][:, :, :length].copy_(self.values)
+        buffers[0][:, :, length : length + new].copy_(key_states)
+        buffers[1][:, :, length : length + new].copy_(value_states)
+        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
+        return self.keys, self.values
+
+    def reset(self) -> None:
+        self._buffers = None
+        super().reset()
+
+
+def _append_cache(model, generate_kwargs: dict) -> DynamicCache | None:
+    """A `DynamicCache` for `model` whose full-attention layers are `_AppendLayer`s, or None when the call sets its
+    own cache (or none) or the model has other layer kinds (sliding windows, ...): then generate builds its own."""
+    configs = [model.generation_config, generate_kwargs.get("generation_config")]
+    if any(
+        generate_kwargs.get(key) is not None for key in ("cache", "past_key_values", "cache_implementation")
+    ):
+        return None
+    if generate_kwargs.get("use_cache") is False or any(
+        c is not None and (c.use_cache is False or c.cache_implementation is not None) for c in configs
+    ):
+        return None
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a config DynamicCache cannot read: leave the cache to generate
+        return None
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache.layers = [_AppendLayer() for _ in cache.layers]
+    return cache
 
 
 class CrystalGenerationPipeline(Pipeline):
@@ -222,6 +293,9 @@ class CrystalGenerationPipeline(Pipeline):
         if constraints[0] is not None:
             processor = CrystalLogitsProcessor(self.tokenizer, constraints, input_ids.shape[1], per_prompt)
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), processor])
+        cache = _append_cache(self.model, kwargs)
+        if cache is not None:
+            kwargs["cache"] = cache
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return list(sequences[:, input_ids.shape[1] :].cpu())
 

@@ -313,3 +313,49 @@ def test_counts_of_the_summary_line(tiny_model, tmp_path, capsys):
     assert "generated 3, parsed 0, valid 0; wrote 3" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert Counter(r["valid"] for r in rows) == {False: 3} and all(r["error"] for r in rows)
+
+
+def test_append_layer_matches_dynamic_layer():
+    """The in-place key/value cache layer holds what transformers' DynamicLayer holds, through every cache
+    operation generate uses (growth past its spare room, crop, batch selection, beam reordering)."""
+    from transformers.cache_utils import DynamicLayer
+
+    from hf_crystal.pipeline_crystal import _AppendLayer
+
+    torch.manual_seed(0)
+    ours, reference = _AppendLayer(), DynamicLayer()
+
+    def update(new):
+        states = (torch.randn(reference.keys.shape[0] if reference.is_initialized else 4, 2, new, 3),) * 2
+        for layer in (ours, reference):
+            keys, values = layer.update(*states)
+        assert torch.equal(keys, reference.keys) and torch.equal(values, reference.values)
+
+    update(5)
+    for _ in range(200):  # grows its buffers several times
+        update(1)
+    for operation, argument in (
+        ("crop", -3),
+        ("batch_select_indices", torch.tensor([0, 2, 3])),
+        ("reorder_cache", torch.tensor([2, 0, 0])),
+        ("batch_repeat_interleave", 2),
+    ):
+        for layer in (ours, reference):
+            getattr(layer, operation)(argument)
+        assert torch.equal(ours.keys, reference.keys), operation
+        update(1)
+        update(2)
+    assert ours.get_seq_length() == reference.get_seq_length() == 5 + 200 - 3 + 4 * 3
+
+
+def test_generation_uses_the_append_cache_unless_told_otherwise(pipe, monkeypatch):
+    from hf_crystal.pipeline_crystal import _AppendLayer
+
+    seen = []
+    generate = pipe.model.generate
+    monkeypatch.setattr(pipe.model, "generate", lambda **kw: seen.append(kw.get("cache")) or generate(**kw))
+    pipe(1, max_sites=2)
+    pipe(1, constrain=False, max_new_tokens=4, use_cache=False)
+    pipe(1, constrain=False, max_new_tokens=4, cache_implementation="static")
+    assert all(isinstance(layer, _AppendLayer) for layer in seen[0].layers)
+    assert seen[1:] == [None, None]
