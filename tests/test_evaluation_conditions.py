@@ -79,3 +79,25 @@ def test_bad_conditions_are_typed_errors():
         parse_sample_conditions("[1, 2]")
     with pytest.raises(ConditionError, match="unknown condition"):
         parse_sample_conditions({"colour": "red"})
+
+
+def test_compute_metrics_reports_satisfaction_with_intervals():
+    from hf_crystal.evaluation.metrics import compute_metrics
+
+    kcl = Structure(Lattice.cubic(3.8), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # CsCl type, 221
+    result = compute_metrics(
+        [rocksalt(), kcl],
+        [rocksalt()],
+        relax=False,
+        conditions=['{"formula": "NaCl", "spacegroup": 225}', {"formula": "NaCl", "spacegroup": 225}],
+        unreadable_conditions=[{"formula": "NaCl"}],
+        progress=False,
+    )
+    m = result.metrics
+    assert m["cond_formula_n"] == 3 and m["cond_formula_reduced"] == pytest.approx(1 / 3)
+    assert m["cond_spacegroup_n"] == 2 and m["cond_spacegroup_0.1"] == pytest.approx(1 / 2)
+    low, high = m["cond_formula_reduced_ci95"]
+    assert 0 < low < 1 / 3 < high < 1
+    assert result.rows[1]["conditions"] == '{"formula": "NaCl", "spacegroup": 225}'
+    with pytest.raises(ValueError, match="1 condition sets for 2 samples"):
+        compute_metrics([rocksalt(), kcl], [rocksalt()], relax=False, conditions=[{}], progress=False)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.commands.generate import generation_record_path
 from hf_crystal.evaluation.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FMAX,
@@ -85,6 +86,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--reference",
     )
     p.add_argument(
+        "--conditions",
+        metavar="JSON",
+        help='the conditions every sample was generated for, e.g. \'{"formula": "NaCl"}\' (default: the '
+        "samples' own conditions column, which generate writes to .csv / .jsonl)",
+    )
+    p.add_argument("--model", help="the model that wrote the samples: adds its IPT on --reference structures")
+    p.add_argument("--ipt-n", type=int, default=64, help="reference structures for the IPT (default 64)")
+    p.add_argument(
         "--card",
         metavar="MODEL",
         help="also put the results on this model's card: a local folder (README.md) or a Hub repo (pushed)",
@@ -118,6 +127,40 @@ def _read(path: str, limit: int | None, what: str):
             file=sys.stderr,
         )
     return ids, structures, skipped
+
+
+def _sample_conditions(args: argparse.Namespace, ids: list[str], skipped: list) -> tuple[list | None, list]:
+    """The conditions of the readable and of the unreadable samples: --conditions for all, else the samples'
+    own ``conditions`` column; (None, []) when there are none."""
+    if args.conditions:
+        try:
+            one = json.loads(args.conditions)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--conditions must be a JSON object: {exc}") from None
+        return [one] * len(ids), [one] * len(skipped)
+    from hf_crystal.data import iter_records
+
+    cells = {r.material_id: r.properties.get("conditions") for r in iter_records(args.samples)}
+    if not any(cells.values()):
+        return None, []
+    return [cells.get(i) for i in ids], [cells.get(name) for name, _ in skipped]
+
+
+def _ipt(model_id: str, structures: list) -> dict:
+    """The model's IPT and perplexity (Gruver et al.) on ``structures``."""
+    import numpy as np
+
+    from hf_crystal.evaluation.ipt import ipt
+    from hf_crystal.hub import load_crystal_model
+
+    model, tokenizer = load_crystal_model(model_id)
+    values = ipt(model, tokenizer, structures)
+    return {
+        "ipt_n": len(structures),
+        "ipt_mean": float(np.mean(values["ipt"])),
+        "perplexity_mean": float(np.mean(values["perplexity"])),
+        "ipt_model": model_id,
+    }
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -156,6 +199,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cache_dir=args.cache_dir or default_cache_dir() / "relax",
         )
+    asked, unreadable_asked = _sample_conditions(args, ids, skipped)
     result = compute_metrics(
         samples,
         reference,
@@ -170,7 +214,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         coverage_dataset=args.dataset,
         coverage_cutoffs=args.cov_cutoffs,
         coverage_scaler=args.scaler,
+        conditions=asked,
+        unreadable_conditions=unreadable_asked,
     )
+    if args.model:
+        result.metrics |= _ipt(args.model, reference[: args.ipt_n])
+    if (record := generation_record_path(Path(args.samples))).exists():
+        result.metrics["provenance"] = json.loads(record.read_text())
     write_report(result, args.out)
     print(json.dumps(result.metrics, indent=2))
     print(f"wrote {args.out}/metrics.json, samples.csv and report.md", file=sys.stderr)

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "generation_record_path"]
+
+
+def generation_record_path(samples: Path) -> Path:
+    """Where `generate` records how a sample file was made (read by `evaluate` into metrics.json)."""
+    return samples.with_name(samples.stem + ".generation.json")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -37,6 +42,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for key in ("temperature", "top_p", "max_new_tokens"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    _write_generation_record(
+        args, plan, options, pipe.model, [writer.path, *([llm_writer.path] if llm_writer else [])]
+    )
     totals = {"generated": 0, "parsed": 0, "valid": 0, "refined valid": 0, "written": 0}
     with tqdm(total=total, initial=min(start, total), unit=" crystals", desc="generating") as bar:
         for index, n, conditions in _batches(plan, start, args.batch_size):
@@ -64,6 +72,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         f"wrote {totals['written']} to {args.out}" + (f" (resumed at sample {start})" if start else "")
     )
     return 0
+
+
+def _write_generation_record(args, plan, options, model, paths) -> None:
+    """Provenance of the samples beside each output file: model, sampling settings, seed, conditions."""
+    import json
+    from importlib.metadata import version
+
+    config = model.generation_config
+    record = {
+        "model": args.model,
+        "revision": args.revision,
+        "constrained": not args.no_constrain,
+        "seed": args.seed,
+        "sampling": {
+            key: options[key] for key in ("temperature", "top_p", "max_new_tokens") if key in options
+        },
+        "model_generation_config": {"temperature": config.temperature, "top_p": config.top_p},
+        "condition_sets": [{**conditions, "count": count} for conditions, count in plan],
+        "hf_crystal": version("hf-crystal"),
+    }
+    for path in paths:
+        refined = path == Path(args.out) and args.refiner
+        extra = {"refiner": args.refiner, "refine_steps": args.refine_steps} if refined else {}
+        generation_record_path(path).write_text(json.dumps(record | extra, indent=1))
 
 
 _FLAGS = {

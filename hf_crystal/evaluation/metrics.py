@@ -15,6 +15,7 @@ matching) are recomputed.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -100,6 +101,7 @@ SAMPLE_COLUMNS = [
     "id", "formula", "n_atoms", "n_elements", "density", "struct_valid", "comp_valid", "valid", "unique",
     "novel", "relax_error", "converged", "steps", "energy_per_atom", "energy_drop", "corrected_energy_per_atom",
     "e_hull", "hull_error", "hull_covered", "metastable", "stable", "sun", "match_relaxed", "rmsd_relaxed",
+    "formation_energy_per_atom", "conditions", "condition_results",
 ]  # fmt: skip
 
 
@@ -154,6 +156,8 @@ def compute_metrics(
     coverage_dataset: str = "mp20",
     coverage_cutoffs: tuple[float, float] | None = None,
     coverage_scaler: str = "cdvae",
+    conditions: Sequence[dict | str] | None = None,
+    unreadable_conditions: Sequence[dict | str] = (),
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``samples`` against ``reference`` (coverage, distributions) and ``train`` (novelty).
@@ -172,6 +176,9 @@ def compute_metrics(
             (structure, composition) are given.
         coverage_scaler: "cdvae" (CDVAE's fixed MP-20 Magpie scaler, as published figures) or "reference"
             (fitted on ``reference``).
+        conditions: the conditions each sample was generated for (dicts or the JSON ``conditions`` cells that
+            ``hf-crystal generate`` writes); ``unreadable_conditions`` those of the unreadable samples, which
+            count as misses. Satisfaction metrics: ``hf_crystal.evaluation.conditions``.
 
     Writes no files (besides the relaxer's cache, see the module docstring).
     """
@@ -218,6 +225,10 @@ def compute_metrics(
         )
         metrics |= stability.metrics
         relaxed = stability.relaxed
+    if conditions is not None:
+        metrics |= _conditions(
+            samples, rows, list(conditions), list(unreadable_conditions), progress=progress
+        )
     return EvaluationResult(
         metrics={k: _plain(v) for k, v in metrics.items()},
         rows=[{k: _plain(row.get(k)) for k in SAMPLE_COLUMNS} for row in rows],
@@ -376,6 +387,7 @@ def _stability(
             row["corrected_energy_per_atom"] = e.energy_per_atom
             try:
                 e_hull = hull.reference.e_above_hull(e)
+                row["formation_energy_per_atom"] = hull.reference.formation_energy_per_atom(e)
             except HullError as exc:
                 hull_error = str(exc)
         row |= {"e_hull": e_hull, "hull_error": hull_error}
@@ -383,6 +395,7 @@ def _stability(
         row["sun"] = row["stable"] and row["unique"] and bool(row["novel"])
         if r.structure is not None:
             row |= _distance_to_relaxed(matcher, s, r.structure)
+            row["relaxed_structure"] = r.structure  # for a space-group condition; not a column
             relaxed.append((row["id"], r.structure))
     return _Stability(_stability_metrics(rows, results, n_total=n_total, hull=hull), relaxed)
 
@@ -425,6 +438,34 @@ def _stability_rates(rows, *, n_total: int) -> dict:
                 out |= {name: float("nan"), f"{name}_ci95": None}
             else:
                 out |= _rate_with_ci(name, sum(bool(row[key]) for row in subset), total)
+    return out
+
+
+def _conditions(samples, rows, conditions, unreadable, *, progress: bool) -> dict:
+    """Fills ``conditions`` / ``condition_results`` of ``rows``; returns the satisfaction metrics (rates with
+    Wilson intervals over every sample that asked for a condition, unreadable ones included)."""
+    from hf_crystal.evaluation.conditions import condition_counts, condition_flags, parse_sample_conditions
+
+    if len(conditions) != len(samples):
+        raise ValueError(f"{len(conditions)} condition sets for {len(samples)} samples")
+    asked = [parse_sample_conditions(c) for c in [*conditions, *unreadable]]
+    flags = []
+    for row, s, c in tqdm(
+        zip(rows, samples, asked[: len(samples)], strict=True),
+        total=len(rows),
+        desc="conditions",
+        disable=not progress,
+    ):
+        achieved = {
+            "e_above_hull": row.get("e_hull"),
+            "formation_energy_per_atom": row.get("formation_energy_per_atom"),
+        }
+        flags.append(condition_flags(s, c, relaxed=row.get("relaxed_structure"), achieved=achieved))
+        row |= {"conditions": json.dumps(c), "condition_results": json.dumps(flags[-1])}
+    flags += [condition_flags(None, c) for c in asked[len(samples) :]]
+    out = {}
+    for name, value in condition_counts(asked, flags).items():
+        out |= _rate_with_ci(name, *value) if isinstance(value, tuple) else {name: value}
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from hf_crystal.evaluation.metrics import METRICS, SAMPLE_COLUMNS, EvaluationResult
 from hf_crystal.evaluation.stability import SHIPPED_HULL
+from hf_crystal.prompts import CONDITIONS
 
 __all__ = ["CSV_COLUMNS", "METRICS", "SHIPPED_HULL_CHECK", "write_report"]
 
@@ -119,7 +120,46 @@ def _plots(out: Path, result: EvaluationResult) -> list[str]:
             ax.set(xlabel=name)
         axes[0, 0].legend()
         written.append(_save(fig, out / "lattice.png"))
+        if _conditions_plot(plt, result.rows, out / "conditions.png"):
+            written.append("conditions.png")
     return written
+
+
+def _conditions_plot(plt, rows: list[dict], path: Path) -> bool:
+    """Requested vs achieved, one panel per condition the samples asked for; False when none did."""
+    pairs = [
+        (json.loads(r["conditions"]), json.loads(r["condition_results"])) for r in rows if r.get("conditions")
+    ]
+    keys = [
+        k
+        for k in ("formula", "spacegroup", "e_above_hull", "formation_energy_per_atom")
+        if any(k in c for c, _ in pairs)
+    ]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        picked = [(c, f) for c, f in pairs if key in c]
+        if key == "formula":
+            rates = [
+                np.mean([f["formula_reduced_match"] for _, f in picked]),
+                np.mean([f["formula_cell_match"] for _, f in picked]),
+            ]
+            ax.bar(["reduced formula", "whole cell"], rates, color="tab:blue")
+            ax.set(ylim=(0, 1), ylabel="fraction matching", title=f"formula (N={len(picked)} readable)")
+            continue
+        found_key = "spacegroup_0.1" if key == "spacegroup" else f"{key}_achieved"
+        xy = np.array(
+            [(c[key], f[found_key]) for c, f in picked if f.get(found_key) is not None], dtype=float
+        )
+        if len(xy):
+            ax.scatter(xy[:, 0], xy[:, 1], s=10, alpha=0.5)
+            low, high = float(xy.min()), float(xy.max())
+            ax.plot([low, high], [low, high], "k--", lw=1)
+        label = "space group (symprec 0.1)" if key == "spacegroup" else key
+        ax.set(xlabel=f"requested {label}", ylabel="achieved", title=f"{label} (N={len(xy)} measured)")
+    _save(fig, path)
+    return True
 
 
 def _save(fig, path: Path) -> str:
@@ -175,8 +215,32 @@ def _stability_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def _condition_lines(metrics: dict) -> list[str]:
+    """Condition satisfaction as a table (rates over every sample that asked, with 95% Wilson intervals)."""
+    rates = [k for k in metrics if k.startswith("cond_") and f"{k}_ci95" in metrics]
+    if not rates:
+        return []
+    lines = ["## Condition satisfaction", ""]
+    lines += [
+        "Rates are over every sample that asked for the condition (unreadable and unrelaxed ones miss).",
+        "",
+    ]
+    lines += ["| condition | asked | rate | 95% CI |", "|---|---|---|---|"]
+    for key in rates:
+        condition = next(c for c in CONDITIONS if key.startswith(f"cond_{c}"))
+        lines.append(
+            f"| `{key}` | {metrics[f'cond_{condition}_n']} | {_shown(metrics[key])} | {_shown(metrics[f'{key}_ci95'])} |"
+        )
+    for key in (k for k in metrics if k.startswith("cond_") and k.endswith("_mae")):
+        measured = metrics[key.replace("_mae", "_measured")]
+        lines.append(
+            f"\nMean absolute error `{key}`: {_shown(metrics[key])} over {measured} measured samples."
+        )
+    return [*lines, ""]
+
+
 def _markdown(out: Path, metrics: dict, *, plots: list[str], relaxed: bool) -> None:
-    lines = ["# Evaluation report", "", *_stability_lines(metrics), ""]
+    lines = ["# Evaluation report", "", *_stability_lines(metrics), "", *_condition_lines(metrics)]
     lines += ["| metric | value | meaning |", "|---|---|---|"]
     for key, value in metrics.items():
         lines.append(f"| `{key}` | {_shown(value)} | {METRICS.get(key, '')} |")
@@ -189,6 +253,7 @@ def _markdown(out: Path, metrics: dict, *, plots: list[str], relaxed: bool) -> N
         ("e_hull.png", "Energy above hull"),
         ("nary_density.png", "Number of elements and density"),
         ("lattice.png", "Lattice parameters"),
+        ("conditions.png", "Requested vs achieved conditions"),
     ]:
         if png in plots:
             lines += [f"## {title}", "", f"![{title}]({png})", ""]

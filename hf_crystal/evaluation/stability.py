@@ -259,6 +259,10 @@ class HullReference:
         except ValueError as exc:
             raise HullError(f"no E_hull for {entry.composition.reduced_formula}: {exc}") from exc
 
+    def formation_energy_per_atom(self, entry: ComputedEntry) -> float:
+        """Formation energy from the hull's elemental references, eV/atom."""
+        return float(self.phase_diagram(_elements(entry)).get_form_energy_per_atom(entry))
+
 
 def elemental_reference_structures(element: str) -> list[tuple[Structure, bool]]:
     """Candidate reference-state structures of an element and whether to relax their cell.
