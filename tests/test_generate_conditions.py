@@ -61,7 +61,7 @@ def test_conditions_file_mistakes(tiny_model, tmp_path, capsys, content, out, me
     assert message in capsys.readouterr().err
 
 
-def test_evaluate_reads_conditions_and_provenance(tiny_model, tmp_path, capsys):
+def test_evaluate_reads_conditions_provenance_and_ipt(tiny_model, tmp_path, capsys):
     sets = tmp_path / "conditions.jsonl"
     sets.write_text('{"formula": "NaCl", "count": 4}\n')
     samples = tmp_path / "samples.jsonl"
@@ -75,12 +75,12 @@ def test_evaluate_reads_conditions_and_provenance(tiny_model, tmp_path, capsys):
     from factories import rocksalt
 
     reference.write_text(rocksalt().to(fmt="cif"))
-    assert (
-        main(["evaluate", str(samples), "--reference", str(reference), "--no-relax", "--out", str(out)]) == 0
-    )
+    argv = ["evaluate", str(samples), "--reference", str(reference), "--no-relax", "--out", str(out)]
+    assert main([*argv, "--model", str(tiny_model), "--ipt-n", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cond_formula_n"] == 4  # parsed or not, every sample asked
     assert metrics["cond_formula_cell"] == 1.0  # constrained decoding writes exactly Na1Cl1
     assert metrics["provenance"]["model"] == str(tiny_model)
+    assert metrics["ipt_n"] == 1 and metrics["ipt_mean"] >= 0 and metrics["perplexity_mean"] > 1
     report = (out / "report.md").read_text()
     assert "## Condition satisfaction" in report and (out / "conditions.png").exists()
