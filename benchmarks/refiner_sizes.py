@@ -1,13 +1,13 @@
 """Refiner size x Euler steps: quality (validity, distance to relaxed) and speed, on the same LLM samples.
 
     python benchmarks/refiner_sizes.py --samples llm.cif --refiners runs/ref-64x3 runs/ref-128x4 \\
-        --steps 10 100 --reference val_report.csv --hull ../shared/data/mp_elemental_refs.json.gz \\
-        [--num 256] [--relax 64] [--threads 1]
+        --steps 10 100 --reference val_report.csv [--num 256] [--relax 64] [--threads 1]
 
 Every refiner refines the first `--num` readable samples at every step count (timed: structures/s);
 validity (SPEC 5) is measured on all of them, and the distance to the CHGNet-relaxed structures
 (`compute_metrics`: match rate, RMSD, energy drop, with `--max-steps` relaxation steps at most) on the
-structurally valid ones among the first `--relax` (n_relaxed). The LLM samples themselves are the "0 steps" row. Prints one table.
+structurally valid ones among the first `--relax` (n_relaxed; 0 skips it). The LLM samples themselves are
+the "0 steps" row. Prints one table.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from hf_crystal.data import read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
 from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.refiner import CrystalRefinerPipeline
 
 COLUMNS = (
@@ -37,12 +38,12 @@ def main() -> None:
     parser.add_argument("--samples", required=True, help="LLM samples (any file read_structures reads)")
     parser.add_argument("--refiners", nargs="+", required=True, help="refiner folders or Hub ids")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 100])
-    parser.add_argument(
-        "--reference", required=True, help="reference structures (coverage; first --relax used)"
-    )
-    parser.add_argument("--hull", required=True, help="entries file for the hull (no reference relaxation)")
+    parser.add_argument("--reference", required=True, help="reference structures (compute_metrics needs one)")
+    parser.add_argument("--hull", help="entries file for the hull (default: the shipped MP-20 hull)")
     parser.add_argument("--num", type=int, default=256)
-    parser.add_argument("--relax", type=int, default=64, help="samples relaxed for the distance to relaxed")
+    parser.add_argument(
+        "--relax", type=int, default=64, help="samples relaxed for the distance to relaxed (0: none)"
+    )
     parser.add_argument("--max-steps", type=int, default=100, help="relaxation steps at most")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -53,15 +54,18 @@ def main() -> None:
     relaxer = BatchedRelaxer(max_steps=args.max_steps, cache_dir=default_cache_dir() / "relax")  # resumable
 
     def quality(structures) -> dict:
-        valid = compute_metrics(structures, reference[: args.relax], relax=False, progress=False).metrics
+        flags = [validity_flags(s) for s in structures]
+        out = {k: sum(f[k] for f in flags) / len(flags) for k in COLUMNS[:2]}
+        if not args.relax:
+            return out | dict.fromkeys(COLUMNS[2:])
         near = compute_metrics(
             structures[: args.relax],
-            reference[: args.relax],
+            reference[:1],  # coverage is not reported here
             hull_entries=args.hull,
             relaxer=relaxer,
             progress=False,
         ).metrics
-        return {**{k: valid[k] for k in COLUMNS[:2]}, **{k: near.get(k) for k in COLUMNS[2:]}}
+        return out | {k: near.get(k) for k in COLUMNS[2:]}
 
     rows = [("LLM samples", "-", 0, None, quality(samples))]
     for name in args.refiners:
