@@ -164,10 +164,12 @@ class FastCHGNet:
         factored: run the interaction blocks through ``_factored_energy`` (default: whenever the model's
             configuration is the one it reproduces, as the pretrained CHGNet's) rather than
             ``CHGNet._compute``.
+        max_edges: directed edges per model pass (``predict`` splits larger batches between structures).
     """
 
-    def __init__(self, model, *, factored: bool | None = None):
+    def __init__(self, model, *, factored: bool | None = None, max_edges: int = 12_000):
         self.model = model
+        self.max_edges = int(max_edges)
         supported = factored_supported(model)
         if factored and not supported:
             raise ValueError("this CHGNet configuration has no factored interaction path")
@@ -197,9 +199,23 @@ class FastCHGNet:
         return self.predict([self.structure_graph(s) for s in structures])
 
     def predict(self, graphs: Sequence[CrystalArrays]) -> list[dict[str, np.ndarray]]:
-        """Energy ``e`` (eV/atom if the model is intensive), forces ``f`` (eV/Å), stress ``s`` (GPa)."""
-        if not graphs:
-            return []
+        """Energy ``e`` (eV/atom if the model is intensive), forces ``f`` (eV/Å), stress ``s`` (GPa).
+
+        The graphs go through the model in chunks of about ``max_edges`` directed edges (whole
+        structures; the results do not depend on the chunking): on one CPU thread, 64 MP-20 crystals
+        (35k edges) in one pass took 10% more time than in chunks of 8-16k edges, whose intermediate
+        tensors stay in cache.
+        """
+        out: list[dict[str, np.ndarray]] = []
+        start, edges = 0, 0
+        for k, graph in enumerate(graphs):
+            edges += len(graph.atom_graph)
+            if edges >= self.max_edges or k == len(graphs) - 1:
+                out.extend(self._predict_chunk(graphs[start : k + 1]))
+                start, edges = k + 1, 0
+        return out
+
+    def _predict_chunk(self, graphs: Sequence[CrystalArrays]) -> list[dict[str, np.ndarray]]:
         with torch.enable_grad():
             energy, forces, stress, n_atoms = self._compute(graphs)
         energy = energy.numpy()
@@ -360,8 +376,9 @@ def _first_linear(mlp):
 def _gated_mlp(module, parts):
     """``module(cat([x[index] for x, index in parts], dim=1))`` (a chgnet ``GatedMLP``), factored.
 
-    ``parts``: (features, index or None) in the order of the concatenation; a features tensor may come in
-    several parts (it is projected once).
+    ``parts``: (features, index or None[, pre]) in the order of the concatenation; a features tensor may
+    come in several parts (it is projected once). With ``pre`` (a weight matrix), the part is
+    ``features @ pre.T`` (a bias-free Linear folded into this projection).
     """
     core_layers, gate_layers = module.mlp_core.layers, module.mlp_gate.layers
     k_core, k_gate = _first_linear(module.mlp_core), _first_linear(module.mlp_gate)
@@ -379,21 +396,26 @@ def _gated_mlp(module, parts):
     # Column blocks of the weight per distinct features tensor; each tensor is projected once.
     blocks: dict[int, list] = {}
     col = 0
-    for features, index in parts:
-        width = features.shape[1]
-        blocks.setdefault(id(features), [features, []])[1].append((col, width, index))
+    for features, index, *pre in parts:
+        pre = pre[0] if pre else None
+        width = features.shape[1] if pre is None else pre.shape[0]
+        blocks.setdefault(id(features), [features, []])[1].append((col, width, index, pre))
         col += width
     rows = weight.shape[0]
+
+    def block(c, w, pre):
+        return weight[:, c : c + w] if pre is None else weight[:, c : c + w] @ pre
+
     terms = []
     for features, uses in blocks.values():
         if len(uses) == 1 and uses[0][2] is None:  # the bias goes with an ungathered projection
-            c, w, _ = uses[0]
-            terms.insert(0, torch.nn.functional.linear(features, weight[:, c : c + w], bias))
+            c, w, _, pre = uses[0]
+            terms.insert(0, torch.nn.functional.linear(features, block(c, w, pre), bias))
             bias = None
             continue
-        stacked = torch.cat([weight[:, c : c + w] for c, w, _ in uses])
+        stacked = torch.cat([block(c, w, pre) for c, w, _, pre in uses])
         pieces = torch.nn.functional.linear(features, stacked).split(rows, dim=1)
-        for piece, (_, _, index) in zip(pieces, uses, strict=True):
+        for piece, (_, _, index, _) in zip(pieces, uses, strict=True):
             terms.append(piece if index is None else torch.index_select(piece, 0, index))
     # Summed in place into a fresh tensor (no autograd node here saves its output).
     hidden_in = terms[0] + terms[1] if len(terms) > 1 else terms[0]
@@ -454,6 +476,12 @@ def _factored_energy(
     n_atoms = len(atom_feas)
     if has_angles:
         angle_feas = model.angle_embedding(angle_bases)
+        # The first BondConv and AngleUpdate project the embedded angles: fold the (bias-free) embedding
+        # into their projections (31 instead of 64 input columns on every angle).
+        embedding = model.angle_embedding
+        first_angles = (angle_feas, None)
+        if isinstance(embedding, torch.nn.Linear) and embedding.bias is None:
+            first_angles = (angle_bases, None, embedding.weight)
         angle_center = bond_graph[:, 0]
         if all(_only_updates_own_rows(layer) for layer in model.bond_conv_layers):
             in_angles, pair = torch.unique(bond_graph[:, 1:3], return_inverse=True)
@@ -474,13 +502,8 @@ def _factored_energy(
         messages = messages * torch.index_select(bond_weights_ag, 0, directed2undirected)
         return _finish(layer, _scatter_sum(messages, center, n_atoms), atom_feas, layer.atom_norm)
 
-    def angle_parts(atom_feas, angle_bond_feas, angle_feas):
-        return [
-            (angle_bond_feas, bond_i),
-            (angle_bond_feas, bond_j),
-            (angle_feas, None),
-            (atom_feas, angle_center),
-        ]
+    def angle_parts(atom_feas, angle_bond_feas, angles):
+        return [(angle_bond_feas, bond_i), (angle_bond_feas, bond_j), angles, (atom_feas, angle_center)]
 
     n_conv = len(model.atom_conv_layers)
     for idx, (atom_layer, bond_layer, angle_layer) in enumerate(
@@ -489,7 +512,8 @@ def _factored_energy(
         atom_feas = atom_conv(atom_layer, atom_feas, bond_feas)
         if has_angles and bond_layer is not None:
             angle_bond_feas = torch.index_select(bond_feas, 0, in_angles)
-            update = _gated_mlp(bond_layer.twoBody_bond, angle_parts(atom_feas, angle_bond_feas, angle_feas))
+            angles = first_angles if idx == 0 else (angle_feas, None)
+            update = _gated_mlp(bond_layer.twoBody_bond, angle_parts(atom_feas, angle_bond_feas, angles))
             update = update * torch.index_select(bond_weights_bg, 0, bond_i)
             update = update * torch.index_select(bond_weights_bg, 0, bond_j)
             angle_bond_feas = _finish(
@@ -499,7 +523,7 @@ def _factored_energy(
             # The angle features after the last bond convolution are read by no later layer.
             if angle_layer is not None and idx < n_conv - 2:
                 new_angle = _gated_mlp(
-                    angle_layer.twoBody_bond, angle_parts(atom_feas, angle_bond_feas, angle_feas)
+                    angle_layer.twoBody_bond, angle_parts(atom_feas, angle_bond_feas, angles)
                 )
                 angle_feas = _finish(angle_layer, new_angle, angle_feas, angle_layer.angle_norm)
     atom_feas = atom_conv(model.atom_conv_layers[-1], atom_feas, bond_feas)
