@@ -134,8 +134,11 @@ def torchsim_model(calculator):
     return CHGNetModel()
 
 
-def run_torchsim(structures, calculator, fmax: float, max_steps: int):
-    """Relax with torch-sim's batched FIRE + Frechet cell filter; (energies/atom, converged flags)."""
+def run_torchsim(structures, calculator, fmax: float, max_steps: int, steps_between_swaps: int = 1):
+    """Relax with torch-sim's batched FIRE + Frechet cell filter; (energies/atom, converged flags).
+
+    All structures in one in-flight batch; torch-sim's ``max_steps`` counts the steps of the whole run.
+    """
     import torch
     import torch_sim as ts
 
@@ -150,7 +153,7 @@ def run_torchsim(structures, calculator, fmax: float, max_steps: int):
             optimizer=ts.optimizers.frechet_cell_fire,
             convergence_fn=convergence,
             max_steps=max_steps,
-            steps_between_swaps=1,
+            steps_between_swaps=steps_between_swaps,
         )
     counts = final.system_idx.bincount().numpy()
     energies = final.energy.detach().numpy() / counts
