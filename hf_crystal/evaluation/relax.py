@@ -4,11 +4,12 @@ Each structure keeps its own ASE optimizer (FIRE by default) acting on ASE's ``F
 ``FastFrechetCellFilter``, numerically the same), the setup of CHGNet's ``StructOptimizer``; what changes
 is that the energies, forces and stresses of all active structures come from a single batched CHGNet call
 per step: one forward and one backward pass without ``create_graph`` (``chgnet_fast.FastCHGNet``: CHGNet's
-own layers and weights, the same numbers as ``CHGNet.predict_graph`` to float32 rounding, about 2x less
-work than its double-backward force and stress), on graphs built from the ASE atoms with NumPy. Every
-structure converges (or runs out of steps) on its own, and its slot is refilled from the queue. A structure that fails (graph construction,
-non-finite output, exploding cell) is reported with an ``error`` and never stops the run. Results are
-cached on disk keyed by a hash of the structure and the settings, so an interrupted run resumes.
+own weights and modules, the same numbers as ``CHGNet.predict_graph`` to float32 rounding, about a quarter
+of its CPU time on MP-20 crystals), on graphs built from the ASE atoms with NumPy. Every structure
+converges (or runs out of steps) on its own, and its slot is refilled from the queue. A structure that
+fails (graph construction, non-finite output, exploding cell) is reported with an ``error`` and never
+stops the run. Results are cached on disk keyed by a hash of the structure and the settings (and the
+implementation, ``RELAX_IMPLEMENTATION``), so an interrupted run resumes.
 """
 
 from __future__ import annotations
