@@ -43,9 +43,10 @@ from hf_crystal.evaluation.defaults import (
 
 # A cell whose volume changes by more than this factor during relaxation is reported as blown up.
 MAX_VOLUME_RATIO = 8.0
-# Below this volume per atom (real solids have > 4 Å^3) a structure is not relaxed: CHGNet's neighbour
-# lists grow as 1 / volume and a collapsed generated cell would exhaust memory.
-MIN_VOLUME_PER_ATOM = 1.0
+# Below this volume per atom a structure is not relaxed, and a relaxation that reaches it stops: CHGNet's
+# bond graph grows as 1 / volume and its angle graph as 1 / volume^2. At 1 Å^3/atom one batch of 16 LLM
+# samples took 15.7 GB (killed by the OOM killer); the densest MP-20 crystal (FeH) has 6.6 Å^3/atom.
+MIN_VOLUME_PER_ATOM = 3.0
 _OPTIMIZERS = OPTIMIZERS  # see hf_crystal.evaluation.defaults
 # Part of the cache key: results of another implementation (1: CHGNet.predict_graph, double backward) are
 # not mixed with this one's.
