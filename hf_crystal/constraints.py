@@ -22,8 +22,9 @@ language); a per-row counter mask on top of them would have to walk every multi-
 How: a character automaton whose states are built lazily. For each state reached, the vocabulary (a trie of
 every token's decoded text) is walked once and the result kept as arrays: the tokens allowed from that
 state, the state each leads to and what each does to the per-row counters (sites started, element
-completed, element prefix it stops in). Per step and row a few numpy operations apply the row's counters to
-these arrays: no Python loop over the vocabulary. States and tables are cached per tokenizer.
+completed, element prefix it stops in). Per step a few numpy operations gather the tables of every row's state
+and apply the rows' counters to them: no Python loop over the rows or the vocabulary. States and tables are
+cached per tokenizer.
 """
 
 from __future__ import annotations
@@ -208,54 +209,68 @@ def _step(state: tuple, ch: str):
     return None
 
 
-@dataclass(frozen=True)
-class _Table:
-    """The tokens allowed from one automaton state (sorted by id) and what each does."""
-
-    ids: np.ndarray  # token ids
-    next: np.ndarray  # next state ids
-    sites: np.ndarray  # sites started by the token
-    element: np.ndarray  # index of the element the token completes, or _NONE
-    prefix: np.ndarray  # index of the element prefix the token stops in, or _NONE
-    accept: bool  # the text so far is complete: EOS may follow (subject to the row's counters)
-    written: int  # infill: index of the element written so far, or _NONE
-
-
 class _Automaton:
-    """The crystal automaton for one tokenizer and task: lazily built states and token tables."""
+    """The crystal automaton for one tokenizer, both tasks: lazily built states and their token tables.
 
-    def __init__(self, trie: dict, task: str):
-        self.task = task
+    A state is (task, automaton state). Each state's table (the tokens allowed from it, sorted by id, and what each
+    does: next state, sites started, element completed, element prefix it stops in) is built on first use by
+    walking the vocabulary trie, and stored in flat arrays (`columns`, one row per field) at `offset[state]`,
+    `count[state]` entries long, so that the tables of many rows can be gathered in one numpy operation.
+    """
+
+    # Rows of `columns`.
+    IDS, NEXT, SITES, ELEMENT, PREFIX = range(5)
+
+    def __init__(self, trie: dict):
         self._trie = trie
         self._states: dict[tuple, int] = {}
         self._keys: list[tuple] = []
-        self._tables: list[_Table | None] = []
         self._transitions: dict[tuple, dict] = {}
-        self.start = self.state_id(_GENERATION_START if task == "generation" else _INFILL_START)
+        self._size = 0
+        self.columns = np.zeros((5, 1024), dtype=np.int64)
+        self.offset = np.zeros(64, dtype=np.int64)
+        self.count = np.zeros(64, dtype=np.int64)
+        self.accept = np.zeros(
+            64, dtype=bool
+        )  # the text so far is complete: EOS may follow (counters permitting)
+        self.written = np.full(64, _NONE, dtype=np.int64)  # infill: the element written so far, or _NONE
+        self.built = np.zeros(64, dtype=bool)
+        self.start = {
+            "generation": self.state_id(("generation", _GENERATION_START)),
+            "infill": self.state_id(("infill", _INFILL_START)),
+        }
 
-    def state_id(self, state: tuple) -> int:
-        if state not in self._states:
-            self._states[state] = len(self._keys)
-            self._keys.append(state)
-            self._tables.append(None)
-        return self._states[state]
+    def state_id(self, key: tuple) -> int:
+        if key not in self._states:
+            self._states[key] = len(self._keys)
+            self._keys.append(key)
+            if len(self._keys) > len(self.built):
+                grow = len(self.built)
+                self.offset = np.append(self.offset, np.zeros(grow, dtype=np.int64))
+                self.count = np.append(self.count, np.zeros(grow, dtype=np.int64))
+                self.accept = np.append(self.accept, np.zeros(grow, dtype=bool))
+                self.written = np.append(self.written, np.full(grow, _NONE, dtype=np.int64))
+                self.built = np.append(self.built, np.zeros(grow, dtype=bool))
+        return self._states[key]
 
-    def _moves(self, state: tuple) -> dict:
-        if state not in self._transitions:
+    def _moves(self, task: str, state: tuple) -> dict:
+        key = (task, state)
+        if key not in self._transitions:
             moves = {ch: _step(state, ch) for ch in _ALPHABET}
-            if self.task == "infill":  # the element is the whole completion: no newline after it
+            if task == "infill":  # the element is the whole completion: no newline after it
                 moves["\n"] = None
-            self._transitions[state] = {ch: m for ch, m in moves.items() if m is not None}
-        return self._transitions[state]
+            self._transitions[key] = {ch: m for ch, m in moves.items() if m is not None}
+        return self._transitions[key]
 
-    def table(self, state_id: int) -> _Table:
-        table = self._tables[state_id]
-        if table is None:
-            table = self._tables[state_id] = self._build(self._keys[state_id])
-        return table
+    def ensure(self, states: np.ndarray) -> None:
+        """Build the tables of `states` that are not built yet."""
+        missing = states[~self.built[states]]
+        for state_id in np.unique(missing).tolist():
+            self._build(state_id)
 
-    def _build(self, state: tuple) -> _Table:
-        """Walk the vocabulary trie from `state`: every token whose whole text the automaton accepts."""
+    def _build(self, state_id: int) -> None:
+        """Walk the vocabulary trie from a state: every token whose whole text the automaton accepts."""
+        task, state = self._keys[state_id]
         rows = []
         stack = [(self._trie, state, 0, _NONE)]  # the trie root holds no token: no token is empty
         while stack:
@@ -264,8 +279,10 @@ class _Automaton:
             # updated mid-token; such tokens are left out (single characters always remain).
             stops_in = _PREFIX_INDEX[current[1]] if current[0] == _ELEMENT else _NONE
             if not (element != _NONE and stops_in != _NONE):
-                rows.extend((t, self.state_id(current), sites, element, stops_in) for t in node.get(None, ()))
-            for ch, (nxt, event) in self._moves(current).items():
+                rows.extend(
+                    (t, self.state_id((task, current)), sites, element, stops_in) for t in node.get(None, ())
+                )
+            for ch, (nxt, event) in self._moves(task, current).items():
                 child = node.get(ch)
                 if child is None:
                     continue
@@ -276,11 +293,29 @@ class _Automaton:
                 elif element == _NONE:  # at most one element completed per token
                     stack.append((child, nxt, sites, _SYMBOL_INDEX[event]))
         rows.sort()
-        columns = np.array(rows, dtype=np.int64).reshape(-1, 5).T
-        if self.task == "generation":
-            return _Table(*columns, accept=state == _ACCEPT, written=_NONE)
-        written = _SYMBOL_INDEX.get(state[1], _NONE)
-        return _Table(*columns, accept=written != _NONE, written=written)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5).T
+        size, n = self._size, table.shape[1]
+        if size + n > self.columns.shape[1]:
+            grown = np.zeros((5, max(2 * self.columns.shape[1], size + n)), dtype=np.int64)
+            grown[:, :size] = self.columns[:, :size]
+            self.columns = grown
+        self.columns[:, size : size + n] = table
+        self._size = size + n
+        self.offset[state_id], self.count[state_id] = size, n
+        if task == "generation":
+            self.accept[state_id] = state == _ACCEPT
+        else:
+            self.written[state_id] = _SYMBOL_INDEX.get(state[1], _NONE)
+            self.accept[state_id] = self.written[state_id] != _NONE
+        self.built[state_id] = True
+
+    def entries(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The table entries of each state of `states` (built): (index into `states`, column in `columns`)."""
+        counts = self.count[states]
+        row = np.repeat(np.arange(len(states)), counts)
+        # Column of entry k of row r: offset[states[r]] + k, with k counted from the row's first entry.
+        shift = np.repeat(self.offset[states] - (np.cumsum(counts) - counts), counts)
+        return row, np.arange(len(row)) + shift
 
 
 def _token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
@@ -302,7 +337,7 @@ def _token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
 
 
 class _Vocabulary:
-    """A tokenizer's vocabulary as a trie of token texts, with one automaton per task."""
+    """A tokenizer's vocabulary as a trie of token texts, with its automaton."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         if tokenizer.eos_token_id is None:
@@ -322,7 +357,7 @@ class _Vocabulary:
                 for ch in text:
                     node = node.setdefault(ch, {})
                 node.setdefault(None, []).append(token_id)
-        self.automata = {task: _Automaton(trie, task) for task in TASKS}
+        self.automaton = _Automaton(trie)
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -336,74 +371,57 @@ def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
     return cached[1]
 
 
-class _Row:
-    """Where one generated sequence stands: automaton state and counters (immutable, shared between rows)."""
+class _Rows:
+    """Where each generated sequence of a batch stands, as arrays (one entry per row): automaton state, sites
+    started, atoms left per element, which element prefixes can still complete, EOS written."""
 
-    __slots__ = ("finished", "live", "remaining", "sites", "state")
+    def __init__(self, state, sites, remaining, live, finished):
+        self.state, self.sites, self.remaining, self.live, self.finished = (
+            state,
+            sites,
+            remaining,
+            live,
+            finished,
+        )
 
-    def __init__(self, state: int, sites: int, remaining: np.ndarray, live=None, finished: bool = False):
-        self.state, self.sites, self.remaining, self.finished = state, sites, remaining, finished
-        # live[p]: some element with atoms left starts with prefix p; the last entry answers _NONE.
-        self.live = np.append((remaining[:-1] > 0) @ _SUBTREE, True) if live is None else live
+    @classmethod
+    def start(cls, automaton: _Automaton, rules: list[_Rule]) -> _Rows:
+        remaining = np.stack([rule.remaining for rule in rules])
+        return cls(
+            np.array([automaton.start[rule.task] for rule in rules], dtype=np.int64),
+            np.zeros(len(rules), dtype=np.int64),
+            remaining,
+            _live(remaining),
+            np.zeros(len(rules), dtype=bool),
+        )
+
+    def take(self, index: np.ndarray) -> _Rows:
+        return _Rows(*(a[index] for a in (self.state, self.sites, self.remaining, self.live, self.finished)))
+
+
+def _live(remaining: np.ndarray) -> np.ndarray:
+    """live[r, p]: some element with atoms left in row r starts with prefix p; the last column answers _NONE."""
+    live = np.ones((remaining.shape[0], _SUBTREE.shape[1] + 1), dtype=bool)
+    live[:, :-1] = (remaining[:, :-1] > 0) @ _SUBTREE
+    return live
 
 
 class _Rule:
     """A `CrystalConstraint` in the form the processor applies."""
 
-    def __init__(self, constraint: CrystalConstraint, vocabulary: _Vocabulary):
-        self.automaton = vocabulary.automata[constraint.task]
+    def __init__(self, constraint: CrystalConstraint):
+        self.task = constraint.task
         # remaining atoms per element; the extra last entry answers _NONE ("no element completed").
-        remaining = np.zeros(len(ELEMENT_SYMBOLS) + 1, dtype=np.int64)
-        remaining[-1] = 1
+        self.remaining = np.zeros(len(ELEMENT_SYMBOLS) + 1, dtype=np.int64)
+        self.remaining[-1] = 1
         if constraint.composition is not None:
             for symbol, count in constraint.composition.items():
-                remaining[_SYMBOL_INDEX[symbol]] = int(count)
+                self.remaining[_SYMBOL_INDEX[symbol]] = int(count)
             self.limit, self.exact = int(sum(constraint.composition.values())), True
         else:
             for symbol in constraint.elements or ELEMENT_SYMBOLS:
-                remaining[_SYMBOL_INDEX[symbol]] = _UNLIMITED
+                self.remaining[_SYMBOL_INDEX[symbol]] = _UNLIMITED
             self.limit, self.exact = constraint.max_sites, False
-        self.start = _Row(self.automaton.start, 0, remaining)
-
-    def allowed(self, row: _Row, eos: int) -> np.ndarray:
-        """Token ids `row` may write next."""
-        table = self.automaton.table(row.state)
-        ok = (
-            row.live[table.prefix]
-            & (row.remaining[table.element] > 0)
-            & (row.sites + table.sites <= self.limit)
-        )
-        ids = table.ids[ok]
-        if self._may_end(row, table):
-            ids = np.append(ids, eos)
-        return ids
-
-    def _may_end(self, row: _Row, table: _Table) -> bool:
-        if not table.accept:
-            return False
-        if table.written != _NONE:
-            return row.remaining[table.written] > 0
-        return not self.exact or not row.remaining[:-1].any()
-
-    def advance(self, row: _Row, token: int, eos: int) -> _Row:
-        """The row after writing `token`."""
-        if row.finished:
-            return row
-        if token == eos:
-            return _Row(row.state, row.sites, row.remaining, row.live, finished=True)
-        table = self.automaton.table(row.state)
-        pos = np.searchsorted(table.ids, token)
-        if pos == len(table.ids) or table.ids[pos] != token:
-            raise ConstraintError(
-                f"token {token} cannot follow the text written so far: it was not allowed by this processor "
-                "(another processor or a forced token overrode the mask?)"
-            )
-        state, sites = int(table.next[pos]), row.sites + int(table.sites[pos])
-        if table.element[pos] == _NONE:
-            return _Row(state, sites, row.remaining, row.live)
-        remaining = row.remaining.copy()
-        remaining[table.element[pos]] -= 1
-        return _Row(state, sites, remaining)
 
 
 class CrystalLogitsProcessor(LogitsProcessor):
@@ -418,6 +436,13 @@ class CrystalLogitsProcessor(LogitsProcessor):
 
     Works with sampling, greedy and beam search: rows are recognised by their generated tokens, not by
     position. Rows that have written EOS are left alone (generate pads them).
+
+    Per step, the rows' states are advanced by the new column of tokens and the allowed tokens of every row are
+    gathered from the automaton's tables in a few numpy operations over the whole batch (no Python loop over
+    rows or over the vocabulary). When the rows continue those of the previous call (sampling, greedy) only the
+    new tokens are applied; otherwise (beam search reorders rows) each row's state is found from its parent's by
+    its generated tokens, or replayed from the start. `select(rows)` gives the processor of a subset of the rows,
+    states included, for a `generate` call that continues those rows only.
     """
 
     def __init__(
@@ -436,32 +461,119 @@ class CrystalLogitsProcessor(LogitsProcessor):
         constraints = [constraints] if self._single else list(constraints)
         if not constraints or not all(isinstance(c, CrystalConstraint) for c in constraints):
             raise ConstraintError("constraints must be a CrystalConstraint or a non-empty sequence of them")
-        self._rules = [_Rule(c, vocabulary) for c in constraints]
+        self._automaton = vocabulary.automaton
+        self._rules = [_Rule(c) for c in constraints]
         self._eos = vocabulary.eos
         self._vocab_size = len(tokenizer)
         self._prompt_length = prompt_length
         self._per_prompt = num_return_sequences
-        self._rows: dict[tuple[int, bytes], _Row] = {}  # (rule, generated tokens) -> row, last step only
+        self._row_rules: list[_Rule] | None = (
+            None  # the rule of each row, fixed by the first call (or select)
+        )
+        self._limit = self._exact = None
+        self._rows: _Rows | None = None  # state of each row after `_generated`
+        self._generated: torch.Tensor | None = None  # generated tokens of the rows at the last call
 
-    def _rule_index(self, row: int, batch: int) -> int:
+    def _bind(self, batch: int) -> None:
+        """Fix the rule of each of `batch` rows."""
         if self._single:
-            return 0
-        if batch != len(self._rules) * self._per_prompt:
+            rules = self._rules * batch
+        elif batch != len(self._rules) * self._per_prompt:
             raise ConstraintError(
                 f"batch of {batch} rows, but {len(self._rules)} constraints x {self._per_prompt} sequences per prompt"
             )
-        return row // self._per_prompt
+        else:
+            rules = [rule for rule in self._rules for _ in range(self._per_prompt)]
+        self._row_rules = rules
+        self._limit = np.array([rule.limit for rule in rules], dtype=np.int64)
+        self._exact = np.array([rule.exact for rule in rules], dtype=bool)
 
-    def _row(self, rule: int, generated: np.ndarray) -> tuple[tuple, _Row]:
-        """Key and state of a row that has written `generated`: one step on from its parent, else replayed."""
-        key = (rule, generated.tobytes())
-        row = self._rows.get(key)
-        if row is None:
-            parent = self._rows.get((rule, generated[:-1].tobytes()))
-            row = parent or self._rules[rule].start
-            for token in generated[-1:] if parent else generated:
-                row = self._rules[rule].advance(row, int(token), self._eos)
-        return key, row
+    def select(self, rows: Sequence[int]) -> CrystalLogitsProcessor:
+        """The processor of rows `rows` only (in that order), with their states: for a `generate` call that
+        continues these rows (the same prompt width, every token generated so far in its input_ids)."""
+        if self._rows is None:
+            raise ConstraintError("select() needs a processor that has been applied at least once")
+        index = np.asarray(rows, dtype=np.int64)
+        other = object.__new__(CrystalLogitsProcessor)
+        other.__dict__.update(self.__dict__)
+        other._single = False
+        other._rules = [self._row_rules[i] for i in index]
+        other._per_prompt = 1
+        other._row_rules = other._rules
+        other._limit, other._exact = self._limit[index], self._exact[index]
+        other._rows = self._rows.take(index)
+        other._generated = self._generated[torch.from_numpy(index)]
+        return other
+
+    def _advance(self, rows: _Rows, index: np.ndarray, tokens: np.ndarray) -> None:
+        """Rows `index` of `rows` write `tokens` (one each), in place."""
+        eos = tokens == self._eos
+        going = ~rows.finished[index]
+        rows.finished[index[eos & going]] = True
+        moving = going & ~eos
+        index, tokens = index[moving], tokens[moving]
+        if not len(index):
+            return
+        automaton = self._automaton
+        states = rows.state[index]
+        automaton.ensure(states)
+        row, column = automaton.entries(states)
+        hit = automaton.columns[automaton.IDS, column] == tokens[row]
+        found = np.zeros(len(index), dtype=bool)
+        found[row[hit]] = True
+        if not found.all():
+            raise ConstraintError(
+                f"token {int(tokens[~found][0])} cannot follow the text written so far: it was not allowed by this "
+                "processor (another processor or a forced token overrode the mask?)"
+            )
+        column = column[hit]  # one entry per row, in row order: a token appears once in a table
+        rows.state[index] = automaton.columns[automaton.NEXT, column]
+        rows.sites[index] += automaton.columns[automaton.SITES, column]
+        element = automaton.columns[automaton.ELEMENT, column]
+        done = element != _NONE
+        if done.any():
+            changed = index[done]
+            rows.remaining[changed, element[done]] -= 1
+            rows.live[changed] = _live(rows.remaining[changed])
+
+    def _follow(self, generated: torch.Tensor) -> _Rows:
+        """The state of every row after its `generated` tokens."""
+        previous, rows = self._generated, self._rows
+        batch, width = generated.shape
+        tokens = generated.numpy()
+        if (
+            previous is not None
+            and previous.shape[0] == batch
+            and previous.shape[1] <= width
+            and torch.equal(generated[:, : previous.shape[1]], previous)
+        ):  # the same rows, some tokens further: apply the new tokens
+            start = previous.shape[1]
+        else:  # reordered rows (beam search) or a new batch: each row from its parent's state, else from scratch
+            start = 0
+            parents = np.full(batch, -1)
+            if previous is not None and width and previous.shape[1] == width - 1:
+                known = {bytes(row): i for i, row in enumerate(previous.numpy())}
+                parents = np.array([known.get(bytes(row), -1) for row in tokens[:, :-1]])
+            if (parents >= 0).all():
+                rows, start = rows.take(parents), width - 1
+            else:
+                fresh = _Rows.start(self._automaton, self._row_rules)
+                if (parents >= 0).any():
+                    # Replay the orphans from the start, take the others from their parents.
+                    orphans = np.flatnonzero(parents < 0)
+                    for column in range(width):
+                        self._advance(fresh, orphans, tokens[orphans, column])
+                    adopted = np.flatnonzero(parents >= 0)
+                    parent_rows = rows.take(parents[adopted])
+                    self._advance(parent_rows, np.arange(len(adopted)), tokens[adopted, -1])
+                    for name in ("state", "sites", "remaining", "live", "finished"):
+                        getattr(fresh, name)[adopted] = getattr(parent_rows, name)
+                    return fresh
+                rows = fresh
+        everyone = np.arange(batch)
+        for column in range(start, width):
+            self._advance(rows, everyone, tokens[:, column])
+        return rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] < self._vocab_size:
@@ -469,28 +581,41 @@ class CrystalLogitsProcessor(LogitsProcessor):
                 f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens: "
                 "resize the model's embeddings (model.resize_token_embeddings(len(tokenizer)))"
             )
-        generated = input_ids[:, self._prompt_length :].cpu().numpy()
-        batch = generated.shape[0]
-        rows, columns, finished, current = [], [], [], {}
-        for r in range(batch):
-            rule = self._rule_index(r, batch)
-            key, row = self._row(rule, generated[r])
-            current[key] = row
-            if row.finished:
-                finished.append(r)
-                continue
-            ids = self._rules[rule].allowed(row, self._eos)
-            rows.append(np.full(len(ids), r))
-            columns.append(ids)
-        self._rows = current
+        generated = input_ids[:, self._prompt_length :].cpu()
+        if self._row_rules is None or len(self._row_rules) != generated.shape[0]:
+            self._bind(generated.shape[0])
+            self._rows = self._generated = None
+        rows = self._rows = self._follow(generated)
+        self._generated = generated
+        # Allowed tokens of every unfinished row, from its state's table and its counters.
+        active = np.flatnonzero(~rows.finished)
+        automaton = self._automaton
+        states = rows.state[active]
+        automaton.ensure(states)
+        entry, column = automaton.entries(states)
+        row = active[entry]
+        ids, _, sites, element, prefix = automaton.columns[:, column]
+        ok = (
+            rows.live[row, prefix]
+            & (rows.remaining[row, element] > 0)
+            & (rows.sites[row] + sites <= self._limit[row])
+        )
+        written = automaton.written[states]
+        may_end = automaton.accept[states] & np.where(
+            written != _NONE,
+            rows.remaining[active, written] > 0,
+            ~self._exact[active] | ~rows.remaining[active, :-1].any(axis=1),
+        )
+        ending = active[may_end]
         # Copy the allowed scores into a -inf tensor: cheaper than building and applying a full boolean mask.
         masked = torch.full_like(scores, float("-inf"))
-        if rows:
-            index = (
-                torch.from_numpy(np.concatenate(rows)).to(scores.device),
-                torch.from_numpy(np.concatenate(columns)).to(scores.device),
-            )
-            masked[index] = scores[index]
-        if finished:
+        index = (
+            torch.from_numpy(np.concatenate([row[ok], ending])).to(scores.device),
+            torch.from_numpy(np.concatenate([ids[ok], np.full(len(ending), self._eos)])).to(scores.device),
+        )
+        masked[index] = scores[index]
+        finished = np.flatnonzero(rows.finished)
+        if len(finished):
+            finished = torch.from_numpy(finished).to(scores.device)
             masked[finished] = scores[finished]
         return masked

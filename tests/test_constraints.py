@@ -271,3 +271,46 @@ def test_tokenizers_that_cannot_write_crystals():
     no_digits = _word_level_tokenizer(["<unk>", "</s>", ".", " ", "\n", "0", *letters], eos_token="</s>")
     with pytest.raises(ConstraintError, match="no single token for \\['1', '2'"):
         CrystalLogitsProcessor(no_digits, CrystalConstraint(), 0)
+
+
+def test_row_states_follow_any_reordering_and_selection():
+    """Masks never depend on how the processor got to a row: incremental, reordered (beam search), partly new
+    rows replayed, or a selected subset of rows continued. Each is checked against a fresh processor."""
+    tokenizer = build_crystal_tokenizer()
+    prompt = tokenizer(generation_prompt(), add_special_tokens=False).input_ids
+    texts = [
+        "4.2 4.2 4.2\n90 90 90\nNa\n0.00 0.50 0.00\nCl\n0.50 0.50 0.50",
+        "4.2 5.1 4.2\n90 90 120\nNa\n0.25 0.00 0.00\nNa\n0.50 0.50",
+        "3.9 3.9 3.9\n90 90 90\nCl\n0.00 0.00 0.00\nNa\n0.50 0.00 0.",
+    ]
+    rows = [prompt + tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    width = min(map(len, rows))
+    ids = torch.tensor([r[:width] for r in rows])
+    constraints = [
+        CrystalConstraint(composition={"Na": 2, "Cl": 2}),
+        CrystalConstraint(elements=("Na", "Cl"), max_sites=3),
+        CrystalConstraint(composition={"Na": 1, "Cl": 1}),
+    ]
+
+    def fresh(index, upto):
+        processor = CrystalLogitsProcessor(tokenizer, [constraints[i] for i in index], len(prompt))
+        return processor(ids[index, :upto], torch.zeros(len(index), len(tokenizer)))
+
+    start = len(prompt) + 10
+    processor = CrystalLogitsProcessor(tokenizer, constraints, len(prompt))
+    for upto in range(start, width + 1):  # one token per call, as in generate
+        out = processor(ids[:, :upto], torch.zeros(3, len(tokenizer)))
+        assert torch.equal(out, fresh([0, 1, 2], upto))
+    selected = processor.select([2, 0])
+    assert torch.equal(selected(ids[[2, 0]], torch.zeros(2, len(tokenizer))), fresh([2, 0], width))
+    # Beam-style: rows reordered, one row that is no parent's continuation (replayed from scratch).
+    beams = CrystalLogitsProcessor(tokenizer, [constraints[0]] * 3, len(prompt))
+    beams(ids[[0, 1, 2], : width - 1], torch.zeros(3, len(tokenizer)))
+    orphan = prompt + tokenizer(texts[0].replace("4.2", "4.3", 1), add_special_tokens=False).input_ids
+    mixed = torch.cat([ids[[1, 1, 0], :width], torch.tensor([orphan[:width]])])
+    out = beams(mixed[[0, 1, 3]], torch.zeros(3, len(tokenizer)))  # two children of row 1, one orphan
+    reference = CrystalLogitsProcessor(tokenizer, [constraints[0]] * 3, len(prompt))
+    assert torch.equal(out, reference(mixed[[0, 1, 3]], torch.zeros(3, len(tokenizer))))
+    assert torch.isfinite(out[2]).any()  # the orphan's text is valid: it has allowed tokens
+    with pytest.raises(ConstraintError, match="applied at least once"):
+        CrystalLogitsProcessor(tokenizer, constraints, len(prompt)).select([0])
