@@ -1,21 +1,45 @@
 """Generation throughput of pipeline("crystal-generation") by batch size, with and without constraints.
 
-    python benchmarks/bench_generation.py --model PATH_OR_ID [--num 64] [--batch-sizes 1 8 32 64]
+    python benchmarks/bench_generation.py --model PATH_OR_ID [--num 64] [--batch-sizes 1 8 64 256] [--threads 1]
 
-For every batch size, the same number of samples is drawn constrained and unconstrained (same seed)
-in one run; the table gives samples/s, parsed structures/s, generated tokens/s, the fractions that
-decode and are structurally / compositionally valid (SPEC 5), and the constrained/unconstrained
-time ratio (the cost of the constraints).
+For every batch size, the same number of samples (max(--num, batch)) is drawn constrained and unconstrained
+(same seed) in one run; the table gives samples/s, parsed structures/s, generated tokens/s, the fractions that
+decode and are structurally / compositionally valid (SPEC 5), and:
+
+- gain: structures/s over those of the first batch size (the same constrained setting, this run);
+- roofline: tokens/s as a fraction of the matmul roofline, (fp32 matmul FLOP/s) / (2 x parameters): the
+  FLOP/s of a 1024^3 torch matmul measured right before each row (the machine is shared: its speed drifts),
+  with the same thread count; attention and everything else is left out of the roofline;
+- time ratio: constrained / unconstrained seconds (the cost of the constraints).
+
+Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core: with 2
+threads and a load average of 10 on 2 cores, batch 1 unconstrained had not finished 64 samples after 39 minutes
+(issue 11); use --threads 2 on an idle machine to measure its ceiling. The load average is printed at the start
+and the end.
 """
 
 import argparse
+import os
 import time
 
+import torch
 from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.hub import load_crystal_model
+
+
+def matmul_flops(size: int = 1024, seconds: float = 0.5) -> float:
+    """fp32 FLOP/s of a size^3 torch matmul (best of repeated timings over about `seconds`)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best
 
 
 def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
@@ -36,32 +60,48 @@ def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
     }
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--num", type=int, default=64, help="samples per setting")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--num", type=int, default=64, help="samples per setting (at least one batch)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     model, tokenizer = load_crystal_model(args.model)
+    params = sum(p.numel() for p in model.parameters())
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
     for constrain in (False, True):  # warm-up of both paths
         pipe(2, batch_size=2, constrain=constrain)
+    print(f"{args.model}: {params / 1e6:.2f}M parameters, {torch.get_num_threads()} thread(s), {load()}")
     print(
         f"{'batch':>5s} {'constrained':>11s} {'samples/s':>10s} {'structs/s':>10s} {'tokens/s':>9s} "
-        f"{'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} {'time ratio':>10s}"
+        f"{'gain':>6s} {'GFLOP/s':>8s} {'roofline':>8s} {'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} "
+        f"{'time ratio':>10s}"
     )
+    first = {}
     for batch_size in args.batch_sizes:
-        free = run(pipe, args.num, batch_size, constrain=False, seed=args.seed)
-        bound = run(pipe, args.num, batch_size, constrain=True, seed=args.seed)
+        flops = matmul_flops()
+        num = max(args.num, batch_size)
+        free = run(pipe, num, batch_size, constrain=False, seed=args.seed)
+        bound = run(pipe, num, batch_size, constrain=True, seed=args.seed)
         for name, row in (("no", free), ("yes", bound)):
+            first.setdefault(name, row)
             ratio = f"{bound['seconds'] / free['seconds']:10.2f}" if name == "yes" else f"{'':10s}"
+            gain = row["structures/s"] / max(first[name]["structures/s"], 1e-12)
+            roofline = row["tokens/s"] * 2 * params / flops
             print(
                 f"{batch_size:5d} {name:>11s} {row['samples/s']:10.2f} {row['structures/s']:10.2f} "
-                f"{row['tokens/s']:9.0f} {row['decoded']:8.1%} {row['struct valid']:9.1%} "
-                f"{row['comp valid']:8.1%} {ratio}",
+                f"{row['tokens/s']:9.0f} {gain:6.1f} {flops / 1e9:8.1f} {roofline:8.1%} {row['decoded']:8.1%} "
+                f"{row['struct valid']:9.1%} {row['comp valid']:8.1%} {ratio}",
                 flush=True,
             )
+    print(load())
 
 
 if __name__ == "__main__":
