@@ -27,7 +27,14 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 from torch.nn.utils.rnn import pad_sequence
-from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, Pipeline, set_seed
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessorList,
+    Pipeline,
+    StoppingCriteria,
+    set_seed,
+)
 from transformers.cache_utils import DynamicLayer
 
 from hf_crystal.constraints import CrystalConstraint, CrystalLogitsProcessor
@@ -45,6 +52,8 @@ DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_P = 0.9
 # Resampling cap of `until_valid`: total samples per requested crystal.
 DEFAULT_MAX_ATTEMPTS = 10
+# A batch is compacted (finished rows dropped, `_generate`) once this fraction of its rows has finished.
+_COMPACT_FRACTION = 1 / 8
 # Spare room of the key/value buffers (`_AppendLayer`): half the length again, at least this many positions.
 _KV_MIN_SPARE = 128
 
@@ -69,14 +78,7 @@ class _AppendLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         length, new = self.get_seq_length(), key_states.shape[-2]
         buffers = self._buffers
-        if not (
-            buffers is not None
-            and length
-            and self.keys.data_ptr() == buffers[0].data_ptr()
-            and self.values.data_ptr() == buffers[1].data_ptr()
-            and self.keys.shape[:2] == buffers[0].shape[:2]
-            and length + new <= buffers[0].shape[-2]
-        ):
+        if not (length and self._in_buffers() and length + new <= buffers[0].shape[-2]):
             room = length + new + max(_KV_MIN_SPARE, (length + new) // 2)
             buffers = self._buffers = tuple(
                 states.new_empty((*states.shape[:2], room, states.shape[-1]))
@@ -90,9 +92,41 @@ class _AppendLayer(DynamicLayer):
         self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
         return self.keys, self.values
 
+    def _in_buffers(self) -> bool:
+        """`keys` and `values` are still the views of the buffers (no other method replaced them)."""
+        buffers = self._buffers
+        return (
+            buffers is not None
+            and self.keys.data_ptr() == buffers[0].data_ptr()
+            and self.values.data_ptr() == buffers[1].data_ptr()
+            and self.keys.shape[:2] == buffers[0].shape[:2]
+        )
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows `indices`: one gather of the buffers (spare room included), instead of DynamicLayer's
+        gather then a copy into new buffers at the next update."""
+        length = self.get_seq_length()
+        if not length or not self._in_buffers():
+            return super().batch_select_indices(indices)
+        self._buffers = tuple(buffer.index_select(0, indices.to(buffer.device)) for buffer in self._buffers)
+        self.keys, self.values = self._buffers[0][:, :, :length], self._buffers[1][:, :, :length]
+
     def reset(self) -> None:
         self._buffers = None
         super().reset()
+
+
+class _EnoughFinished(StoppingCriteria):
+    """Stops `generate` (every row) once `enough` rows have written an EOS token, if rows are still going."""
+
+    def __init__(self, eos: torch.Tensor, enough: int):
+        self.eos, self.enough, self.finished = eos, enough, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        last = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
+        self.finished = last if self.finished is None else self.finished | last
+        count = int(self.finished.sum())
+        return torch.full_like(last, self.enough <= count < len(last))
 
 
 def _append_cache(model, generate_kwargs: dict) -> DynamicCache | None:
@@ -288,16 +322,80 @@ class CrystalGenerationPipeline(Pipeline):
         return [None if s is None else next(refined) for s in structures]
 
     def _generate(self, input_ids, attention_mask, constraints, per_prompt: int, kwargs: dict) -> list:
-        """The new tokens of each sample of a left-padded prompt batch (`per_prompt` rows per prompt)."""
+        """The new tokens of each sample of a left-padded prompt batch (`per_prompt` rows per prompt).
+
+        Rows that have written EOS are dropped from the batch (`_compacting`): `generate` keeps computing a
+        finished row (padding it) until the whole batch is done, so a batch whose lengths spread widely spends
+        much of its time on finished rows. Here `generate` stops once enough rows have finished, and is called
+        again on the others only, from the same cache; the constraint processor keeps their states. Decoding is
+        unchanged: each row sees the same inputs, so greedy texts are those of one `generate` call."""
         kwargs = dict(kwargs)
+        width = input_ids.shape[1]
+        processor = None
         if constraints[0] is not None:
-            processor = CrystalLogitsProcessor(self.tokenizer, constraints, input_ids.shape[1], per_prompt)
-            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), processor])
+            processor = CrystalLogitsProcessor(self.tokenizer, constraints, width, per_prompt)
+        budget, eos = self._compacting(kwargs)
         cache = _append_cache(self.model, kwargs)
         if cache is not None:
             kwargs["cache"] = cache
-        sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return list(sequences[:, input_ids.shape[1] :].cpu())
+        if cache is None or budget is None:
+            if processor is not None:
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [*kwargs.get("logits_processor", []), processor]
+                )
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return list(sequences[:, width:].cpu())
+        rows: list = [None] * (input_ids.shape[0] * per_prompt)
+        live = np.arange(len(rows))  # which samples the current batch rows are
+        while True:
+            stop = _EnoughFinished(eos, max(1, int(len(live) * _COMPACT_FRACTION)))
+            call = {**kwargs, "max_new_tokens": budget - (input_ids.shape[1] - width)}
+            call["stopping_criteria"] = [stop]
+            if processor is not None:
+                call["logits_processor"] = [processor]
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **call)
+            if call.pop("num_return_sequences", None):  # rows were expanded by the first call
+                attention_mask = attention_mask.repeat_interleave(per_prompt, dim=0)
+            done = torch.isin(sequences[:, width:], eos).any(dim=1)
+            if sequences.shape[1] - width >= budget:
+                done[:] = True
+            for i in np.flatnonzero(done.numpy()):
+                rows[live[i]] = sequences[i, width:].cpu()
+            keep = np.flatnonzero(~done.numpy())
+            if not len(keep):
+                return rows
+            index = torch.from_numpy(keep)
+            new = sequences.shape[1] - attention_mask.shape[1]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(sequences), new)], dim=1)
+            input_ids, attention_mask, live = sequences[index], attention_mask[index], live[keep]
+            cache.batch_select_indices(index)
+            kwargs = {key: value for key, value in call.items() if key != "stopping_criteria"}
+            if processor is not None:
+                processor = processor.select(keep)
+
+    def _compacting(self, kwargs: dict) -> tuple[int | None, torch.Tensor | None]:
+        """(token budget, EOS ids) when finished rows may be dropped between `generate` calls, else (None, None):
+        plain sampling or greedy search with a max_new_tokens budget, stopped by EOS only, nothing streamed or
+        returned but the sequences, and no logits processor or stopping criterion of the caller's (which may
+        keep per-row state)."""
+        config = self.model.generation_config
+        if kwargs.get("max_length") is not None or kwargs.get("generation_config") is not None:
+            return None, None
+        unsupported = (
+            "min_length", "min_new_tokens", "stopping_criteria", "stop_strings", "logits_processor", "streamer",
+            "assistant_model", "prompt_lookup_num_tokens", "max_time", "return_dict_in_generate", "output_scores",
+            "output_logits", "prefix_allowed_tokens_fn", "begin_suppress_tokens", "exponential_decay_length_penalty",
+            "guidance_scale", "low_memory",
+        )  # fmt: skip
+        if any(kwargs.get(key, getattr(config, key, None)) not in (None, 0, False) for key in unsupported):
+            return None, None
+        if (kwargs.get("num_beams") or config.num_beams or 1) != 1:
+            return None, None
+        budget = kwargs.get("max_new_tokens") or config.max_new_tokens
+        eos = kwargs.get("eos_token_id", config.eos_token_id)
+        if budget is None or eos is None:
+            return None, None
+        return int(budget), torch.tensor([eos] if isinstance(eos, int) else list(eos))
 
     def _decode(self, tokens: torch.Tensor) -> dict:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -359,3 +359,28 @@ def test_generation_uses_the_append_cache_unless_told_otherwise(pipe, monkeypatc
     pipe(1, constrain=False, max_new_tokens=4, cache_implementation="static")
     assert all(isinstance(layer, _AppendLayer) for layer in seen[0].layers)
     assert seen[1:] == [None, None]
+
+
+def test_finished_rows_leave_the_batch(pipe, monkeypatch):
+    """Rows that wrote EOS are dropped between generate calls; greedy texts are those of one generate call
+    (a caller's logits processor turns compaction off: it may keep per-row state)."""
+    from transformers import LogitsProcessor
+
+    class Identity(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores
+
+    batches = []
+    generate = pipe.model.generate
+    monkeypatch.setattr(
+        pipe.model, "generate", lambda **kw: batches.append(len(kw["input_ids"])) or generate(**kw)
+    )
+    conditions = [{"formula": f} for f in ("NaCl", "Ba2TiO4", "Li2O", "Na3N", "K", "SrTiO3")]
+    compacted = pipe(conditions, temperature=0, batch_size=6)
+    assert batches[0] == 6 and len(batches) > 1 and batches == sorted(batches, reverse=True)
+    batches.clear()
+    single = pipe(conditions, temperature=0, batch_size=6, logits_processor=[Identity()])
+    assert batches == [6]
+    assert [s[0]["text"] for s in compacted] == [s[0]["text"] for s in single]
+    sampled = pipe({"formula": "Ba2TiO4"}, num_return_sequences=6, seed=0, max_sites=8)
+    assert {s["structure"].composition for s in sampled} == {Composition("Ba2TiO4")}
