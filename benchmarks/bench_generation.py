@@ -8,8 +8,8 @@ decode and are structurally / compositionally valid (SPEC 5), and:
 
 - gain: structures/s over those of the first batch size (the same constrained setting, this run);
 - roofline: tokens/s as a fraction of the matmul roofline, (fp32 matmul FLOP/s) / (2 x parameters): the
-  FLOP/s of a 1024^3 torch matmul measured right before each row (the machine is shared: its speed drifts),
-  with the same thread count; attention and everything else is left out of the roofline;
+  mean FLOP/s of 1024^3 torch matmuls over one second right before each batch size (the machine is shared: its
+  speed drifts), with the same thread count; attention and everything else is left out of the roofline;
 - time ratio: constrained / unconstrained seconds (the cost of the constraints).
 
 Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core: with 2
@@ -30,16 +30,16 @@ from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.hub import load_crystal_model
 
 
-def matmul_flops(size: int = 1024, seconds: float = 0.5) -> float:
-    """fp32 FLOP/s of a size^3 torch matmul (best of repeated timings over about `seconds`)."""
+def matmul_flops(size: int = 1024, seconds: float = 1.0) -> float:
+    """fp32 FLOP/s of size^3 torch matmuls: total FLOPs over total time for about `seconds` (a mean, not a best:
+    on a shared machine it carries the same share of the CPU as the generation measured next to it)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up
-    best, start = float("inf"), time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
         a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best
+        count += 1
+    return 2 * size**3 * count / elapsed
 
 
 def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
