@@ -183,7 +183,7 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
     gen.add_argument("--refiner", help="FlowLLM refiner (folder or Hub id) applied to every parsed sample")
-    gen.add_argument("--refine-steps", type=int, help="Euler steps of the refiner (default 100)")
+    gen.add_argument("--refine-steps", type=int, help="Euler steps of the refiner (default 10)")
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
     gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")
     gen.set_defaults(func=_cmd_generate)

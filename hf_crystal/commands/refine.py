@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", help="structures: .cif, CIF folder, .csv, .jsonl, .extxyz or crystal-text .txt")
     p.add_argument("--refiner", required=True, help="refiner folder or Hub id (hf-crystal train refiner)")
     p.add_argument("--revision", help="Hub revision of --refiner")
-    p.add_argument("--steps", type=int, help="Euler steps (default 100)")
+    p.add_argument("--steps", type=int, help="Euler steps (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="structures integrated together (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the refiner's base noise (default 0)")
     p.add_argument("--out", required=True, help="output .cif or .extxyz (input ids kept)")

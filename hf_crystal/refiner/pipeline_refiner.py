@@ -18,9 +18,10 @@ from hf_crystal.refiner.manifold import wrap
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
 from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
 
-# CPU-sized default; FlowMM samples with 1000 Euler steps and FlowLLM shows structural validity rising with the
-# number of steps (see benchmarks/bench_refiner.py for the cost).
-DEFAULT_NUM_INFERENCE_STEPS = 100
+# FlowMM samples with 1000 Euler steps. For the MP-20 refiner in models/, 10 steps were as good as 100 and
+# 1000 (structural validity 0.855 / 0.836 / 0.836 of 256 LLM samples, match to CHGNet-relaxed 0.68 / 0.67 at
+# 10 / 100 steps; benchmarks/refiner_sizes.py) at a tenth of the cost (benchmarks/bench_refiner.py).
+DEFAULT_NUM_INFERENCE_STEPS = 10
 # Crystals integrated together; on a CPU, 64 MP-20-sized crystals gave the best throughput (bench_refiner.py).
 DEFAULT_BATCH_SIZE = 64
 # `from_pretrained` options that concern the download of a Hub repo.
