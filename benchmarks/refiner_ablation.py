@@ -105,15 +105,20 @@ def _paired_table(out: Path, names: list[str]) -> None:
         for name in names
     }
     common = [i for i in rows[names[0]] if all(rows[n].get(i, {}).get("relax_error") == "" for n in names)]
+    if not common:
+        print("\nNo sample is structurally valid and relaxed in every row.")
+        return
     print(f"\nSame samples: the {len(common)} structurally valid and relaxed in every row")
-    print("| samples | match to relaxed | RMSD to relaxed (matched) | energy drop (eV/atom) |")
+    print("| samples | match to relaxed | RMSD to relaxed (matched) | energy drop mean / median (eV/atom) |")
     print("|---|---|---|---|")
     for name in names:
         picked = [rows[name][i] for i in common]
         rmsd = [float(r["rmsd_relaxed"]) for r in picked if r["match_relaxed"] == "True"]
         drop = [float(r["energy_drop"]) for r in picked]
         match = len(rmsd) / len(picked) if picked else float("nan")
-        print(f"| {name} | {match:.3g} | {statistics.fmean(rmsd):.3g} | {statistics.fmean(drop):.3g} |")
+        print(
+            f"| {name} | {match:.3g} | {statistics.fmean(rmsd):.3g} | {statistics.fmean(drop):.3g} / {statistics.median(drop):.3g} |"
+        )
 
 
 if __name__ == "__main__":
