@@ -99,5 +99,6 @@ def test_compute_metrics_reports_satisfaction_with_intervals():
     low, high = m["cond_formula_reduced_ci95"]
     assert 0 < low < 1 / 3 < high < 1
     assert result.rows[1]["conditions"] == '{"formula": "NaCl", "spacegroup": 225}'
+    assert not any(key.startswith("cond_spacegroup_relaxed") for key in m)  # not measured without relaxation
     with pytest.raises(ValueError, match="1 condition sets for 2 samples"):
         compute_metrics([rocksalt(), kcl], [rocksalt()], relax=False, conditions=[{}], progress=False)

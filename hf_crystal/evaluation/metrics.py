@@ -227,7 +227,7 @@ def compute_metrics(
         relaxed = stability.relaxed
     if conditions is not None:
         metrics |= _conditions(
-            samples, rows, list(conditions), list(unreadable_conditions), progress=progress
+            samples, rows, list(conditions), list(unreadable_conditions), relaxed=relax, progress=progress
         )
     return EvaluationResult(
         metrics={k: _plain(v) for k, v in metrics.items()},
@@ -349,6 +349,8 @@ def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) ->
     return _Hull(reference, relaxer, {k: v for k, v in summary.items() if k != "hull_skipped_examples"})
 
 
+# Condition metrics that only a relaxation can measure.
+_NEEDS_RELAXATION = ("cond_spacegroup_relaxed", "cond_e_above_hull_", "cond_formation_energy_per_atom_")
 _NOT_RELAXED = "not relaxed: structurally invalid (relax_invalid=True / --relax-invalid relaxes it)"
 
 
@@ -441,9 +443,10 @@ def _stability_rates(rows, *, n_total: int) -> dict:
     return out
 
 
-def _conditions(samples, rows, conditions, unreadable, *, progress: bool) -> dict:
+def _conditions(samples, rows, conditions, unreadable, *, relaxed: bool, progress: bool) -> dict:
     """Fills ``conditions`` / ``condition_results`` of ``rows``; returns the satisfaction metrics (rates with
-    Wilson intervals over every sample that asked for a condition, unreadable ones included)."""
+    Wilson intervals over every sample that asked for a condition, unreadable ones included). Without
+    relaxation the rates that need it (relaxed space group, E_hull, formation energy) are left out."""
     from hf_crystal.evaluation.conditions import condition_counts, condition_flags, parse_sample_conditions
 
     if len(conditions) != len(samples):
@@ -465,6 +468,8 @@ def _conditions(samples, rows, conditions, unreadable, *, progress: bool) -> dic
     flags += [condition_flags(None, c) for c in asked[len(samples) :]]
     out = {}
     for name, value in condition_counts(asked, flags).items():
+        if not relaxed and name.startswith(_NEEDS_RELAXATION):
+            continue
         out |= _rate_with_ci(name, *value) if isinstance(value, tuple) else {name: value}
     return out
 
