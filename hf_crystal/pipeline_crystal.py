@@ -16,6 +16,12 @@ id), each sample also carries `refined_structure` and `refined_valid`: the LLM's
 FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the LLM did not write parseably
 (passed through untouched). For file formats use `structure.to(fmt="cif")` or `hf_crystal.data.SampleWriter`.
 Infill (masked element) is the separate task "crystal-infill" (`hf_crystal.pipeline_infill`).
+
+Speed (benchmarks/bench_generation.py): `model.generate` runs with a key/value cache that appends in place
+(`_AppendLayer`; transformers' DynamicLayer re-concatenates the whole cache every step), and rows that have
+finished leave the batch between `generate` calls (`_generate`). Neither changes what is generated: greedy texts
+are pinned by tests/test_generation_golden.py. At batch 64 most of a decoding step is then attention over the
+cache (memory-bound), then the matmuls.
 """
 
 from __future__ import annotations
