@@ -7,6 +7,9 @@ What is enforced, character by character, on the completion exactly as `hf_cryst
 - angles line: three integers 1-179 whose third closes a cell with the first two,
   ``|alpha - beta| < gamma < min(alpha + beta, 360 - alpha - beta)`` (the triples `decode` accepts);
 - per site: an element symbol line, then ``0\\.\\d\\d 0\\.\\d\\d 0\\.\\d\\d``; lines joined by "\\n";
+- no two sites of a crystal at the same coordinates (the last digit of a coordinates line that would repeat
+  an earlier site's line is masked, unless every digit would: two atoms on one point are never a crystal,
+  and small models write such repeats often);
 - EOS only right after a complete coordinates line, at most `max_sites` sites (then EOS is the only choice);
   with a composition, element lines only for elements with atoms left and EOS only when none is left;
 - infill: one element symbol, then EOS.
@@ -75,6 +78,7 @@ _LEN, _LEN_DOT, _LEN_END, _ANGLE, _ELEMENT, _COORD = "len", "len.", "len.d", "an
 _GENERATION_START = (_LEN, 0, 0)
 _INFILL_START = (_ELEMENT, "")
 _ACCEPT = (_COORD, COORDS_PER_SITE - 1, len(COORD_PATTERN))
+_COLUMNS = 8  # fields of an automaton table entry (see `_Automaton`)
 
 
 class ConstraintError(ValueError):
@@ -218,8 +222,9 @@ class _Automaton:
     `count[state]` entries long, so that the tables of many rows can be gathered in one numpy operation.
     """
 
-    # Rows of `columns`.
-    IDS, NEXT, SITES, ELEMENT, PREFIX = range(5)
+    # Rows of `columns`. SHIFT, ADD: the coordinate digits the token writes, as code -> code * SHIFT + ADD on the
+    # site's code (its six coordinate digits read as one integer); CLOSE: the token completes a coordinates line.
+    IDS, NEXT, SITES, ELEMENT, PREFIX, SHIFT, ADD, CLOSE = range(_COLUMNS)
 
     def __init__(self, trie: dict):
         self._trie = trie
@@ -227,7 +232,7 @@ class _Automaton:
         self._keys: list[tuple] = []
         self._transitions: dict[tuple, dict] = {}
         self._size = 0
-        self.columns = np.zeros((5, 1024), dtype=np.int64)
+        self.columns = np.zeros((_COLUMNS, 1024), dtype=np.int64)
         self.offset = np.zeros(64, dtype=np.int64)
         self.count = np.zeros(64, dtype=np.int64)
         self.accept = np.zeros(
@@ -272,31 +277,37 @@ class _Automaton:
         """Walk the vocabulary trie from a state: every token whose whole text the automaton accepts."""
         task, state = self._keys[state_id]
         rows = []
-        stack = [(self._trie, state, 0, _NONE)]  # the trie root holds no token: no token is empty
+        # (trie node, state, sites started, element completed, coordinate code shift and add, line completed)
+        stack = [(self._trie, state, 0, _NONE, 1, 0, 0)]  # the trie root holds no token: no token is empty
         while stack:
-            node, current, sites, element = stack.pop()
+            node, current, sites, element, shift, add, close = stack.pop()
             # A token that completes an element and stops inside the next one would need the counters
             # updated mid-token; such tokens are left out (single characters always remain).
             stops_in = _PREFIX_INDEX[current[1]] if current[0] == _ELEMENT else _NONE
             if not (element != _NONE and stops_in != _NONE):
                 rows.extend(
-                    (t, self.state_id((task, current)), sites, element, stops_in) for t in node.get(None, ())
+                    (t, self.state_id((task, current)), sites, element, stops_in, shift, add, close)
+                    for t in node.get(None, ())
                 )
             for ch, (nxt, event) in self._moves(task, current).items():
                 child = node.get(ch)
                 if child is None:
                     continue
-                if event == _SITE:
-                    stack.append((child, nxt, sites + 1, element))
+                if current[0] == _COORD and ch.isdigit():
+                    if close:  # digits of the next site after a completed line: left out, as above
+                        continue
+                    stack.append((child, nxt, sites, element, shift * 10, add * 10 + int(ch), nxt == _ACCEPT))
+                elif event == _SITE:
+                    stack.append((child, nxt, sites + 1, element, shift, add, close))
                 elif event is None:
-                    stack.append((child, nxt, sites, element))
+                    stack.append((child, nxt, sites, element, shift, add, close))
                 elif element == _NONE:  # at most one element completed per token
-                    stack.append((child, nxt, sites, _SYMBOL_INDEX[event]))
+                    stack.append((child, nxt, sites, _SYMBOL_INDEX[event], shift, add, close))
         rows.sort()
-        table = np.array(rows, dtype=np.int64).reshape(-1, 5).T
+        table = np.array(rows, dtype=np.int64).reshape(-1, _COLUMNS).T
         size, n = self._size, table.shape[1]
         if size + n > self.columns.shape[1]:
-            grown = np.zeros((5, max(2 * self.columns.shape[1], size + n)), dtype=np.int64)
+            grown = np.zeros((_COLUMNS, max(2 * self.columns.shape[1], size + n)), dtype=np.int64)
             grown[:, :size] = self.columns[:, :size]
             self.columns = grown
         self.columns[:, size : size + n] = table
@@ -373,16 +384,14 @@ def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
 
 class _Rows:
     """Where each generated sequence of a batch stands, as arrays (one entry per row): automaton state, sites
-    started, atoms left per element, which element prefixes can still complete, EOS written."""
+    started, atoms left per element, which element prefixes can still complete, EOS written, the code of the
+    coordinate digits written on the current site so far and the codes of the completed sites (-1: none)."""
 
-    def __init__(self, state, sites, remaining, live, finished):
-        self.state, self.sites, self.remaining, self.live, self.finished = (
-            state,
-            sites,
-            remaining,
-            live,
-            finished,
-        )
+    FIELDS = ("state", "sites", "remaining", "live", "finished", "code", "seen")
+
+    def __init__(self, state, sites, remaining, live, finished, code, seen):
+        self.state, self.sites, self.remaining, self.live = state, sites, remaining, live
+        self.finished, self.code, self.seen = finished, code, seen
 
     @classmethod
     def start(cls, automaton: _Automaton, rules: list[_Rule]) -> _Rows:
@@ -393,10 +402,12 @@ class _Rows:
             remaining,
             _live(remaining),
             np.zeros(len(rules), dtype=bool),
+            np.zeros(len(rules), dtype=np.int64),
+            np.full((len(rules), max(rule.limit for rule in rules)), -1, dtype=np.int64),
         )
 
     def take(self, index: np.ndarray) -> _Rows:
-        return _Rows(*(a[index] for a in (self.state, self.sites, self.remaining, self.live, self.finished)))
+        return _Rows(*(getattr(self, name)[index] for name in self.FIELDS))
 
 
 def _live(remaining: np.ndarray) -> np.ndarray:
@@ -527,6 +538,13 @@ class CrystalLogitsProcessor(LogitsProcessor):
                 "processor (another processor or a forced token overrode the mask?)"
             )
         column = column[hit]  # one entry per row, in row order: a token appears once in a table
+        code = (
+            rows.code[index] * automaton.columns[automaton.SHIFT, column]
+            + automaton.columns[automaton.ADD, column]
+        )
+        close = automaton.columns[automaton.CLOSE, column] == 1
+        rows.seen[index[close], rows.sites[index[close]] - 1] = code[close]  # `sites` counts the closed site
+        rows.code[index] = np.where(close, 0, code)
         rows.state[index] = automaton.columns[automaton.NEXT, column]
         rows.sites[index] += automaton.columns[automaton.SITES, column]
         element = automaton.columns[automaton.ELEMENT, column]
@@ -566,7 +584,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
                     adopted = np.flatnonzero(parents >= 0)
                     parent_rows = rows.take(parents[adopted])
                     self._advance(parent_rows, np.arange(len(adopted)), tokens[adopted, -1])
-                    for name in ("state", "sites", "remaining", "live", "finished"):
+                    for name in _Rows.FIELDS:
                         getattr(fresh, name)[adopted] = getattr(parent_rows, name)
                     return fresh
                 rows = fresh
@@ -574,6 +592,18 @@ class CrystalLogitsProcessor(LogitsProcessor):
         for column in range(start, width):
             self._advance(rows, everyone, tokens[:, column])
         return rows
+
+    @staticmethod
+    def _distinct_sites(ok, entry, row, close, code, rows: _Rows, may_end) -> np.ndarray:
+        """`ok` without the entries that complete a coordinates line equal to an earlier site's of the row,
+        except in rows (`entry` indexes `may_end`) that would then have no choice left."""
+        repeat = np.zeros_like(ok)
+        repeat[close] = (rows.seen[row[close]] == code[close, None]).any(axis=1)
+        if not (repeat & ok).any():
+            return ok
+        distinct = ok & ~repeat
+        stuck = (np.bincount(entry[distinct], minlength=len(may_end)) == 0) & ~may_end
+        return distinct | (ok & stuck[entry])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] < self._vocab_size:
@@ -594,7 +624,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
         automaton.ensure(states)
         entry, column = automaton.entries(states)
         row = active[entry]
-        ids, _, sites, element, prefix = automaton.columns[:, column]
+        ids, _, sites, element, prefix, shift, add, close = automaton.columns[:, column]
         ok = (
             rows.live[row, prefix]
             & (rows.remaining[row, element] > 0)
@@ -606,6 +636,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
             rows.remaining[active, written] > 0,
             ~self._exact[active] | ~rows.remaining[active, :-1].any(axis=1),
         )
+        ok = self._distinct_sites(ok, entry, row, close == 1, rows.code[row] * shift + add, rows, may_end)
         ending = active[may_end]
         # Copy the allowed scores into a -inf tensor: cheaper than building and applying a full boolean mask.
         masked = torch.full_like(scores, float("-inf"))

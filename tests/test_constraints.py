@@ -156,6 +156,31 @@ def test_allowed_tokens_at_key_points():
     assert _allowed_next(tokenizer, CrystalConstraint(), angles + "49") == {"\n"}
 
 
+def test_no_two_sites_at_the_same_coordinates():
+    tokenizer = build_crystal_tokenizer()
+    head = "4.2 4.2 4.2\n90 90 90\nNa\n0.10 0.20 0.30\n"
+    # The last digit that would repeat a site is masked, whatever the element; others stay.
+    assert _allowed_next(tokenizer, CrystalConstraint(), head + "Cl\n0.10 0.20 0.3") == set(string.digits) - {
+        "0"
+    }
+    assert _allowed_next(tokenizer, CrystalConstraint(), head + "Cl\n0.10 0.20 0.4") == set(string.digits)
+    assert _allowed_next(tokenizer, CrystalConstraint(), head + "Cl\n0.10 0.21 0.3") == set(string.digits)
+    # When every last digit would repeat a site, the row keeps them all (no dead end).
+    full = "".join(f"Na\n0.10 0.20 0.3{d}\n" for d in string.digits)
+    assert _allowed_next(
+        tokenizer, CrystalConstraint(), "4.2 4.2 4.2\n90 90 90\n" + full + "Na\n0.10 0.20 0.3"
+    ) == set(string.digits)
+
+
+def test_sampled_crystals_have_distinct_sites(setup):
+    """A model that strongly prefers repeating one site (zero logits but for the constraint) never writes a
+    crystal with two sites on the same coordinates, also across a compacted (selected) batch."""
+    texts = sample_many(setup, CrystalConstraint(composition={"Na": 4, "Cl": 4}), 64, do_sample=False)
+    for text in texts:
+        lines = text.split("\n")[3::2]
+        assert len(lines) == 8 and len(set(lines)) == 8, text
+
+
 def test_merged_bpe_tokens_obey_the_counters():
     """A token that writes a whole element line ("\\nCl\\n") is allowed only while that element has atoms left."""
     tokenizer = llama_style_tokenizer()
