@@ -12,9 +12,11 @@ does not parse), `valid` (structural and compositional validity, SPEC 5), `error
 parse), `conditions` (as the prompt stated them) and `attempts` (samples drawn for this slot:
 1, or more with `until_valid=True`; the sum over a result is what was generated). Nothing raises for
 bad model output. With a refiner (`refiner=` at construction: a `CrystalRefinerPipeline`, folder or Hub
-id), each sample also carries `refined_structure` and `refined_valid`: the LLM's structure moved by the
-FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the LLM did not write parseably
-(passed through untouched). For file formats use `structure.to(fmt="cif")` or `hf_crystal.data.SampleWriter`.
+id; by default "auto": the refiner the model comes with, which only the embedded default model has, see
+`hf_crystal.embedded`; None for none), each sample also carries `refined_structure` and `refined_valid`:
+the LLM's structure moved by the FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the
+LLM did not write parseably (passed through untouched). For file formats use `structure.to(fmt="cif")` or
+`hf_crystal.data.SampleWriter`.
 Infill (masked element) is the separate task "crystal-infill" (`hf_crystal.pipeline_infill`).
 
 Speed (benchmarks/bench_generation.py): `model.generate` runs with a key/value cache that appends in place
@@ -43,6 +45,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from hf_crystal import embedded
 from hf_crystal.constraints import CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.prompts import generation_prompt, parse_conditions
@@ -185,9 +188,11 @@ class CrystalGenerationPipeline(Pipeline):
         do_sample=True, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_new_tokens=1024
     )
 
-    def __init__(self, *args, refiner=None, **kwargs):
+    def __init__(self, *args, refiner="auto", **kwargs):
         super().__init__(*args, **kwargs)
         prepare_for_batched_generation(self.tokenizer)
+        if refiner == "auto":  # the refiner the model comes with: the embedded default adapter's, else none
+            refiner = embedded.refiner_for(self.model)
         if refiner is not None and not hasattr(refiner, "scheduler"):  # a folder or Hub id
             from hf_crystal.refiner import CrystalRefinerPipeline
 

@@ -14,37 +14,69 @@ import importlib.abc
 import importlib.util
 import sys
 
-__all__ = ["GENERATION_TASK", "INFILL_TASK", "MissingDefaultModel", "install_registration_hook", "register"]
+from hf_crystal.embedded import DEFAULT_MODEL, EMBEDDED, EmbeddedModelError
+
+__all__ = [
+    "GENERATION_TASK",
+    "INFILL_TASK",
+    "CrystalModelForCausalLM",
+    "EmbeddedDefault",
+    "install_registration_hook",
+    "register",
+]
 
 GENERATION_TASK = "crystal-generation"
 INFILL_TASK = "crystal-infill"
 _PIPELINES_MODULE = "transformers.pipelines"
 
 
-class MissingDefaultModel:
-    """Stands in for the `(repo_id, revision)` default of a task that has no default model yet.
+class EmbeddedDefault(str):
+    """A task default as transformers' `pipeline()` without a model uses it: `(model, revision)`, `model` a string.
 
-    transformers unpacks the task default when `pipeline(task)` gets no model; unpacking this raises
-    an error that says what to pass instead of a bare `KeyError: 'default'`.
+    `pipeline()` reads the config and tokenizer from that string as a local folder, then loads the model with
+    the task's model class: this string is the folder of the embedded entry's base (`EmbeddedModel.base`; the
+    entry's own folder for a full model), `model_id` the embedded model it stands for, which
+    `CrystalModelForCausalLM` loads (an adapter on that base, merged). Nothing is asked of the Hub.
     """
 
-    def __init__(self, task: str):
-        self.task = task
+    model_id: str
 
-    def __contains__(self, key) -> bool:  # `register_pipeline` asks whether this is already {"model": ...}
-        return False
+    def __new__(cls, model_id: str) -> EmbeddedDefault:
+        entry = EMBEDDED[model_id]
+        self = super().__new__(cls, str(EMBEDDED[entry.base or model_id].folder))
+        self.model_id = model_id
+        return self
 
-    def __iter__(self):
-        raise ValueError(
-            f'pipeline("{self.task}") needs a model: pass model="USER/REPO" or a local folder (a causal LM '
-            "trained on crystal text, or a LoRA adapter on one). Train one with `hf-crystal train base` "
-            "(from scratch) or `hf-crystal train lora --model BASE` (an adapter on any causal LM)."
-        )
+    def __getnewargs__(self) -> tuple[str]:  # copies (transformers deep-copies its loading options)
+        return (self.model_id,)
+
+
+class CrystalModelForCausalLM:
+    """The model class the crystal tasks register (`pt_model`): `AutoModelForCausalLM`, except for a task default
+    (`EmbeddedDefault`), loaded with `hf_crystal.hub.load_crystal_model` (embedded base, adapter merged)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        if not isinstance(pretrained_model_name_or_path, EmbeddedDefault):
+            return AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from hf_crystal.hub import load_crystal_model
+
+        model_id = pretrained_model_name_or_path.model_id
+        options = {key: kwargs[key] for key in ("dtype", "device_map") if key in kwargs}
+        try:  # an explicit revision other than "main" loads the adapter from the Hub
+            return load_crystal_model(model_id, kwargs.get("revision"), merge=True, **options)[0]
+        except Exception as err:  # an OSError would make pipeline() load the bare base instead
+            raise EmbeddedModelError(
+                f"the default model {model_id} could not be loaded from {EMBEDDED[model_id].folder}: {err}; "
+                'pass model="USER/REPO" or a local folder'
+            ) from err
 
 
 def register() -> None:
-    """Register both tasks with `transformers.pipelines.PIPELINE_REGISTRY` (idempotent)."""
-    from transformers import AutoModelForCausalLM
+    """Register both tasks with `transformers.pipelines.PIPELINE_REGISTRY` (idempotent), both with the embedded
+    `DEFAULT_MODEL` as their default (crystal-generation adds its refiner: see `CrystalGenerationPipeline`)."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from hf_crystal.pipeline_crystal import CrystalGenerationPipeline
@@ -58,8 +90,8 @@ def register() -> None:
             PIPELINE_REGISTRY.register_pipeline(
                 task,
                 pipeline_class=pipeline_class,
-                pt_model=AutoModelForCausalLM,
-                default=MissingDefaultModel(task),
+                pt_model=CrystalModelForCausalLM,
+                default=(EmbeddedDefault(DEFAULT_MODEL), None),
             )
 
 

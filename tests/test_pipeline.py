@@ -139,13 +139,6 @@ def test_num_return_sequences_nesting(tiny_model, constrain, at):
     assert len(pipe(2, **kwargs)) == 6  # an int: N prompts, flat
 
 
-def test_no_model_gives_a_clear_error():
-    with pytest.raises(ValueError, match="needs a model: pass model="):
-        pipeline("crystal-generation")
-    with pytest.raises(ValueError, match="hf-crystal train"):
-        pipeline("crystal-infill")
-
-
 def test_infill_ranks_candidates_without_the_masked_element(infill):
     answer = infill(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
     probabilities = [c["probability"] for c in answer["candidates"]]

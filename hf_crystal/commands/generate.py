@@ -1,7 +1,9 @@
 """`hf-crystal generate`: sample crystals from a model or adapter and write them as they come.
 
-With `--refiner`, `--out` gets the refined structures and `<stem>.llm<suffix>` beside it the LLM's own
-(so both can be evaluated); samples the LLM did not write parseably are passed through, and counted.
+Without `--model`, the embedded default model (`hf_crystal.embedded.DEFAULT_MODEL`) with the refiner it comes
+with. With a refiner (`--refiner`, or the model's own unless `--no-refiner`), `--out` gets the refined
+structures and `<stem>.llm<suffix>` beside it the LLM's own (so both can be evaluated); samples the LLM did not
+write parseably are passed through, and counted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.embedded import DEFAULT_MODEL
 
 __all__ = ["add_parser", "generation_record_path"]
 
@@ -24,8 +27,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from transformers import pipeline  # registers the hf_crystal tasks on import (hf_crystal.registration)
 
     from hf_crystal.data import SampleWriter
+    from hf_crystal.embedded import refiner_for
     from hf_crystal.hub import load_crystal_model
 
+    if args.no_refiner and args.refiner:
+        raise UsageError("give --refiner or --no-refiner, not both")
+    if not args.no_refiner and args.refiner is None:
+        args.refiner = refiner_for(args.model, args.revision)
     out = Path(args.out)
     writer = SampleWriter(out)  # checks the suffix before the model loads
     llm_writer = SampleWriter(out.with_suffix(".llm" + out.suffix)) if args.refiner else None
@@ -34,7 +42,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.out} exists: pass --resume to continue it, or choose another --out")
     plan = _condition_plan(args)
     total = sum(count for _, count in plan)
-    model, tokenizer = load_crystal_model(args.model, revision=args.revision, allow_pickle=args.allow_pickle)
+    model, tokenizer = load_crystal_model(
+        args.model, revision=args.revision, allow_pickle=args.allow_pickle, merge=True
+    )
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=args.refiner)
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
     if args.refine_steps is not None:
@@ -158,7 +168,11 @@ def add_parser(subparsers) -> None:
         help="sample crystals from a model or LoRA adapter",
         description="Generate crystals and write them as they come (.cif, .extxyz, .csv or .jsonl by suffix).",
     )
-    gen.add_argument("--model", required=True, help="local folder or Hub id of a model or LoRA adapter")
+    gen.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"local folder or Hub id of a model or LoRA adapter (default: the embedded {DEFAULT_MODEL})",
+    )
     gen.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
     gen.add_argument(
         "--allow-pickle",
@@ -182,7 +196,12 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
     gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
-    gen.add_argument("--refiner", help="FlowLLM refiner (folder or Hub id) applied to every parsed sample")
+    gen.add_argument(
+        "--refiner",
+        help="FlowLLM refiner (folder or Hub id) applied to every parsed sample (default: the one the model "
+        "comes with, which only the embedded default model has)",
+    )
+    gen.add_argument("--no-refiner", action="store_true", help="no refiner, not even the model's own")
     gen.add_argument("--refine-steps", type=int, help="Euler steps of the refiner (default 10)")
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
     gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")

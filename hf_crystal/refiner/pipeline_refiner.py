@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
 from pymatgen.core import Structure
 
+from hf_crystal import embedded
 from hf_crystal.hub_access import offline_errors
 from hf_crystal.refiner.batching import CrystalBatch
 from hf_crystal.refiner.manifold import wrap
@@ -64,8 +65,14 @@ class CrystalRefinerPipeline(DiffusionPipeline):
 
         diffusers' own Hub download only accepts components of libraries it knows (or whose source file is in the
         repo), not `hf_crystal.refiner...`, so a Hub repo is downloaded with huggingface_hub and loaded as a folder.
+        A refiner embedded in the package (`hf_crystal.embedded`) loads from its folder, unless `revision` names
+        another revision than "main".
         """
-        if not os.path.isdir(pretrained_model_name_or_path):
+        folder = embedded.embedded_folder(pretrained_model_name_or_path, kwargs.get("revision"))
+        if folder is not None:
+            kwargs.pop("revision", None)
+            pretrained_model_name_or_path = folder
+        elif not os.path.isdir(pretrained_model_name_or_path):
             download = {key: kwargs.pop(key) for key in _DOWNLOAD_OPTIONS if key in kwargs}
             with offline_errors(pretrained_model_name_or_path):
                 pretrained_model_name_or_path = snapshot_download(
