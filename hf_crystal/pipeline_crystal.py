@@ -3,13 +3,15 @@
 Inputs:
 
 - nothing, or a dict of conditions (formula, spacegroup, e_above_hull, formation_energy_per_atom,
-  band_gap): a list of `num_return_sequences` samples, prompted exactly as in training;
+  band_gap; optionally formula_units, see the class docstring): a list of `num_return_sequences` samples,
+  prompted exactly as in training;
 - a list of condition dicts: one such list per dict;
 - an int N: N unconditional prompts, their samples in one flat list (N x `num_return_sequences`).
 
 Each sample is a dict: `text` (what the model wrote), `structure` (a `Structure`, or None when the text
 does not parse), `valid` (structural and compositional validity, SPEC 5), `error` (why it did not
-parse), `conditions` (as the prompt stated them) and `attempts` (samples drawn for this slot:
+parse), `conditions` (as the prompt stated them: the whole-cell formula, and `formula_units`, what
+the formula condition meant) and `attempts` (samples drawn for this slot:
 1, or more with `until_valid=True`; the sum over a result is what was generated). Nothing raises for
 bad model output. With a refiner (`refiner=` at construction: a `CrystalRefinerPipeline`, folder or Hub
 id; by default "auto": the refiner the model comes with, which only the embedded default model has, see
@@ -46,9 +48,9 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from hf_crystal import embedded
-from hf_crystal.constraints import CrystalConstraint, CrystalLogitsProcessor
+from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.evaluation.validity import validity_flags
-from hf_crystal.prompts import generation_prompt, parse_conditions
+from hf_crystal.prompts import cell_formulas, check_formula_units, generation_prompt, parse_conditions
 from hf_crystal.text import try_decode
 from hf_crystal.tokenization import prepare_for_batched_generation
 
@@ -167,8 +169,12 @@ class CrystalGenerationPipeline(Pipeline):
         num_return_sequences: samples per input (default 1).
         constrain: constrained decoding (default True): every sample is valid crystal text, a formula
             fixes the composition exactly (see `hf_crystal.constraints`).
+        formula_units: what a formula condition means (`hf_crystal.prompts.cell_formulas`): "any" (default)
+            number of formula units Z with at most `max_sites` atoms, Z drawn per sample from MP-20's
+            frequencies (the most frequent one when greedy) and prompted and constrained as that whole cell;
+            "cell" for the counts as given; an int for that Z. A condition dict may set its own.
         elements: restrict constrained decoding to these element symbols.
-        max_sites: the most sites a constrained sample may have.
+        max_sites: the most sites a constrained sample (and an "any" formula's cell) may have.
         until_valid: resample each invalid slot, at most `max_attempts` samples per slot (validity of the
             LLM's structure, before refinement).
         refine_steps: Euler steps of the refiner (default: the refiner's own default).
@@ -206,6 +212,7 @@ class CrystalGenerationPipeline(Pipeline):
         constrain=None,
         elements=None,
         max_sites=None,
+        formula_units=None,
         until_valid=None,
         max_attempts=None,
         refine_steps=None,
@@ -213,7 +220,12 @@ class CrystalGenerationPipeline(Pipeline):
         **generate_kwargs,
     ):
         preprocess = {}
-        for key, value in (("constrain", constrain), ("elements", elements), ("max_sites", max_sites)):
+        for key, value in (
+            ("constrain", constrain),
+            ("elements", elements),
+            ("max_sites", max_sites),
+            ("formula_units", formula_units),
+        ):
             if value is not None:
                 preprocess[key] = value
         forward = dict(generate_kwargs)
@@ -251,22 +263,41 @@ class CrystalGenerationPipeline(Pipeline):
             f"conditions; got {type(inputs).__name__} (for a masked element use the crystal-infill task)"
         )
 
-    def preprocess(self, conditions: Mapping, constrain: bool = True, elements=None, max_sites=None) -> dict:
-        prompt = generation_prompt(conditions)  # validates the conditions
+    def preprocess(
+        self, conditions: Mapping, constrain: bool = True, elements=None, max_sites=None, formula_units="any"
+    ) -> dict:
+        conditions = dict(conditions)
+        formula_units = check_formula_units(conditions.pop("formula_units", formula_units))
+        generation_prompt(conditions)  # validates the conditions
+        max_sites = DEFAULT_MAX_SITES if max_sites is None else max_sites
+        cells, weights = [conditions], [1.0]
+        if conditions.get("formula") is not None:
+            formulas, weights = cell_formulas(conditions["formula"], formula_units, max_sites)
+            cells = [{**conditions, "formula": formula} for formula in formulas]
+        encoded = [self._encode(c, constrain, elements, max_sites) for c in cells]
+        for item in encoded:
+            if "formula" in item["conditions"]:
+                item["conditions"]["formula_units"] = formula_units
+        # With several whole cells to choose from, `_forward` draws one per sample (`_draw_cells`).
+        choices = {"weights": torch.as_tensor(weights), "encoded": encoded} if len(encoded) > 1 else None
+        return {**encoded[0], "choices": choices}
+
+    def _encode(self, conditions: Mapping, constrain: bool, elements, max_sites: int) -> dict:
+        """Prompt tokens, constraint and conditions as the prompt states them (whole-cell formula, rounded)."""
+        prompt = generation_prompt(conditions)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         constraint = None
         if constrain:
             composition = None
             if conditions.get("formula") is not None:
                 composition = {el.symbol: int(n) for el, n in Composition(conditions["formula"]).items()}
-            options = {"max_sites": max_sites} if max_sites is not None else {}
             constraint = CrystalConstraint(
-                elements=tuple(elements) if elements else None, composition=composition, **options
+                elements=tuple(elements) if elements else None, composition=composition, max_sites=max_sites
             )
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
-            "conditions": parse_conditions(prompt),  # as the prompt states them (full formula, rounded)
+            "conditions": parse_conditions(prompt),
             "constraint": constraint,
         }
 
@@ -281,22 +312,32 @@ class CrystalGenerationPipeline(Pipeline):
         """Generate `num_return_sequences` samples per prompt; with `until_valid`, resample invalid ones;
         with a refiner, refine every parsed sample of the batch in one go."""
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        constraints = model_inputs["constraint"]
+        constraints, conditions, choices = (model_inputs[k] for k in ("constraint", "conditions", "choices"))
         if not isinstance(constraints, list):  # an unbatched input
-            constraints = [constraints]
+            constraints, conditions, choices = [constraints], [conditions], [choices]
         if constraints[0] is not None and "max_new_tokens" not in {**self._generate_kwargs, **kwargs}:
             # A budget that always fits a complete constrained crystal, instead of the generic default.
-            kwargs["max_new_tokens"] = max(c.max_new_tokens for c in constraints)
+            cells = [e["constraint"] for c in choices if c is not None for e in c["encoded"]]
+            kwargs["max_new_tokens"] = max(c.max_new_tokens for c in [*constraints, *cells])
         kwargs = self._prepare_generate_kwargs(kwargs)
         per_prompt = kwargs.get("num_return_sequences") or 1
-        rows = self._generate(input_ids, attention_mask, constraints, per_prompt, kwargs)
+        batch, repeat = input_ids.shape[0], per_prompt  # generated rows per row of input_ids
+        if any(c is not None for c in choices):
+            greedy = not self._get_set_generation_params(kwargs).get("do_sample")
+            input_ids, attention_mask, constraints, conditions = self._draw_cells(
+                input_ids, attention_mask, constraints, conditions, choices, per_prompt, greedy
+            )
+            kwargs, repeat = {**kwargs, "num_return_sequences": 1}, 1
+        else:
+            conditions = [c for c in conditions for _ in range(per_prompt)]
+        rows = self._generate(input_ids, attention_mask, constraints, repeat, kwargs)
         attempts = [1] * len(rows)
         pending = list(range(len(rows))) if until_valid else []  # slots not yet known to be valid
         for attempt in range(1, max_attempts + 1):
             pending = [i for i in pending if not self._decode(rows[i])["valid"]]
             if not pending or attempt == max_attempts:
                 break
-            prompts = [i // per_prompt for i in pending]
+            prompts = [i // repeat for i in pending]
             retry = {**kwargs, "num_return_sequences": 1}
             redone = self._generate(
                 input_ids[prompts], attention_mask[prompts], [constraints[p] for p in prompts], 1, retry
@@ -307,18 +348,51 @@ class CrystalGenerationPipeline(Pipeline):
         if pending:
             logger.warning("%d samples are still invalid after %d attempts each", len(pending), max_attempts)
         generated = pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
-        batch = input_ids.shape[0]
+        # Object arrays, which the pipeline's batching splits like a tensor: (batch, per_prompt).
+        sample_conditions = np.empty(len(rows), dtype=object)
+        sample_conditions[:] = conditions
         outputs = {
             "generated": generated.reshape(batch, per_prompt, -1),
             "attempts": torch.tensor(attempts).reshape(batch, per_prompt),
-            "conditions": model_inputs["conditions"],
+            "conditions": sample_conditions.reshape(batch, per_prompt),
         }
         if self.refiner is not None:
-            # An object array, which the pipeline's batching splits like a tensor: (batch, per_prompt).
             refined = np.empty(len(rows), dtype=object)
             refined[:] = self._refine(rows, refine_steps)
             outputs["refined"] = refined.reshape(batch, per_prompt)
         return outputs
+
+    def _draw_cells(
+        self, input_ids, attention_mask, constraints, conditions, choices, per_prompt: int, greedy: bool
+    ):
+        """One prompt row per sample: for a prompt with `choices` (the whole cells of a formula condition), a cell
+        drawn by their weights (the likeliest when `greedy`), else the prompt itself. Returns left-padded input
+        ids and attention mask, and the constraint and conditions of every row."""
+        rows = []
+        for i, options in enumerate(choices):
+            if options is None:
+                own = {"input_ids": input_ids[i][attention_mask[i].bool()], "constraint": constraints[i]}
+                rows += [{**own, "conditions": conditions[i]}] * per_prompt
+                continue
+            weights = options["weights"]
+            picks = (
+                weights.argmax().repeat(per_prompt)
+                if greedy
+                else torch.multinomial(weights, per_prompt, replacement=True)
+            )
+            rows += [
+                {**options["encoded"][j], "input_ids": options["encoded"][j]["input_ids"][0]} for j in picks
+            ]
+        ids = [row["input_ids"] for row in rows]
+        pad = self.tokenizer.pad_token_id
+        return (
+            pad_sequence(ids, batch_first=True, padding_value=pad, padding_side="left").to(input_ids.device),
+            pad_sequence([torch.ones_like(x) for x in ids], batch_first=True, padding_side="left").to(
+                attention_mask.device
+            ),
+            [row["constraint"] for row in rows],
+            [row["conditions"] for row in rows],
+        )
 
     def _refine(self, rows: list, refine_steps: int | None) -> list:
         """The refined structure of each row, None where the LLM's text does not parse."""
@@ -419,12 +493,12 @@ class CrystalGenerationPipeline(Pipeline):
         }
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
-        conditions = model_outputs["conditions"]
+        conditions = model_outputs["conditions"].reshape(-1)
         generated = model_outputs["generated"].reshape(-1, model_outputs["generated"].shape[-1])
         attempts = model_outputs["attempts"].reshape(-1).tolist()
         samples = [
-            {**self._decode(tokens), "conditions": dict(conditions), "attempts": n}
-            for tokens, n in zip(generated, attempts, strict=True)
+            {**self._decode(tokens), "conditions": dict(asked), "attempts": n}
+            for tokens, n, asked in zip(generated, attempts, conditions, strict=True)
         ]
         if "refined" in model_outputs:
             for sample, refined in zip(samples, model_outputs["refined"].reshape(-1), strict=True):

@@ -18,8 +18,13 @@ from hf_crystal.text import as_rng, encode
 
 __all__ = [
     "CONDITIONS",
+    "FORMULA_UNITS",
     "MASK",
+    "MP20_FORMULA_UNITS",
+    "FormulaUnitsError",
     "TaskMix",
+    "cell_formulas",
+    "check_formula_units",
     "format_formula",
     "generation_example",
     "generation_prompt",
@@ -54,6 +59,26 @@ FLOAT_DECIMALS = 4
 # Gruver et al.: 2/3 generation, 1/3 infill.
 DEFAULT_INFILL_FRACTION = 1 / 3
 
+#: What a formula condition means (`cell_formulas`): "any" number of formula units Z (the default), the
+#: whole-cell counts as given ("cell"), or an int Z.
+FORMULA_UNITS = ("any", "cell")
+#: Formula units per cell (Z: count) of MP-20's training structures by atoms per formula unit, counted on the
+#: 11,249 structures of train_subset.csv; the prior of `formula_units="any"`. Formulas of more atoms per unit
+#: take the prior of all structures, `MP20_FORMULA_UNITS[0]`.
+MP20_FORMULA_UNITS: dict[int, dict[int, int]] = {
+    0: {1: 6188, 2: 3692, 3: 252, 4: 1016, 5: 9, 6: 53, 7: 2, 8: 31, 9: 1, 10: 3, 20: 2},
+    1: {1: 30, 2: 18, 3: 11, 4: 17, 6: 3, 8: 3, 10: 1, 20: 2},
+    2: {1: 250, 2: 113, 3: 21, 4: 65, 5: 2, 6: 18, 7: 2, 8: 28, 9: 1, 10: 2},
+    3: {1: 230, 2: 564, 3: 139, 4: 407, 5: 4, 6: 32},
+    4: {1: 1811, 2: 545, 3: 30, 4: 196, 5: 3},
+    5: {1: 531, 2: 388, 3: 17, 4: 331},
+    6: {1: 394, 2: 360, 3: 34},
+    7: {1: 241, 2: 514},
+    8: {1: 263, 2: 345},
+    9: {1: 229, 2: 422},
+    10: {1: 663, 2: 423},
+}
+
 _SENTENCE = re.compile(
     "(" + "|".join(re.escape(v) for v in CONDITIONS.values()) + r") (\S+?)\.(?=\s|$)",
 )
@@ -71,6 +96,49 @@ def format_formula(formula: str | Composition) -> str:
     if any(not float(n).is_integer() for n in composition.values()):
         raise ValueError(f"formula {formula!r} has fractional amounts; give whole atom counts")
     return composition.formula.replace(" ", "")
+
+
+class FormulaUnitsError(ValueError):
+    """A `formula_units` that is not "any", "cell" or a positive int, or that no cell of `max_sites` can hold."""
+
+
+def check_formula_units(value: Any) -> str | int:
+    """`value` if it is a valid `formula_units` ("any", "cell" or an int Z >= 1), else FormulaUnitsError."""
+    if value in FORMULA_UNITS or (
+        isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+    ):
+        return value
+    raise FormulaUnitsError(f'formula_units must be "any", "cell" or a positive integer Z, got {value!r}')
+
+
+def cell_formulas(
+    formula: str | Composition, formula_units: str | int, max_sites: int
+) -> tuple[list[str], np.ndarray]:
+    """The whole-cell formulas (prompt form) a formula condition allows, with their prior probabilities.
+
+    "cell": the formula's counts as given; an int Z: Z times the reduced formula; "any": every Z with
+    Z * (atoms per formula unit) <= `max_sites`, weighted by `MP20_FORMULA_UNITS` (a Z it never saw is left
+    out). FormulaUnitsError when no cell of at most `max_sites` atoms fits.
+    """
+    format_formula(formula)  # validates it
+    check_formula_units(formula_units)
+    composition = Composition(formula)
+    if formula_units == "cell":
+        return [format_formula(composition)], np.ones(1)
+    reduced = composition.reduced_composition
+    per_unit = int(reduced.num_atoms)
+    smallest = 1 if formula_units == "any" else int(formula_units)
+    if smallest * per_unit > max_sites:
+        raise FormulaUnitsError(
+            f"{smallest} formula unit(s) of {format_formula(reduced)} hold {smallest * per_unit} atoms, more "
+            f"than max_sites={max_sites}"
+        )
+    if formula_units != "any":
+        return [format_formula(reduced * smallest)], np.ones(1)
+    counts = MP20_FORMULA_UNITS.get(per_unit, MP20_FORMULA_UNITS[0])
+    units = [z for z in sorted(counts) if z * per_unit <= max_sites]  # Z = 1 is in every row
+    weights = np.array([counts[z] for z in units], dtype=float)
+    return [format_formula(reduced * z) for z in units], weights / weights.sum()
 
 
 def _format_value(key: str, value: Any) -> str:

@@ -77,7 +77,8 @@ def _pipe(kind: str):
 
 
 def generate_case(pipe, conditions, kwargs) -> list[list[str]]:
-    out = pipe(conditions, temperature=0, **kwargs)
+    # Formulas as the whole cells they state (the default, "any", would choose a number of formula units).
+    out = pipe(conditions, temperature=0, formula_units="cell", **kwargs)
     return [[s["text"] for s in (group if isinstance(group, list) else [group])] for group in out]
 
 

@@ -19,7 +19,7 @@ import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal.commands import main
 from hf_crystal.data import read_structures
 from hf_crystal.hub import load_crystal_model, push_folder
-from hf_crystal.prompts import format_formula, generation_prompt
+from hf_crystal.prompts import FormulaUnitsError, format_formula, generation_prompt
 from hf_crystal.testing import llama_style_tokenizer, save_tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, decode
 
@@ -58,9 +58,54 @@ def test_constrained_samples_all_decode(pipe):
 
 def test_formula_fixes_the_composition(pipe):
     for formula in ("Na4Cl4", "Na3N"):
-        samples = pipe({"formula": formula}, num_return_sequences=10, seed=2, batch_size=10)
+        samples = pipe(
+            {"formula": formula}, num_return_sequences=10, seed=2, batch_size=10, formula_units="cell"
+        )
         assert {s["structure"].composition for s in samples} == {Composition(formula)}
-        assert all(s["conditions"] == {"formula": format_formula(formula)} for s in samples)
+        assert all(
+            s["conditions"] == {"formula": format_formula(formula), "formula_units": "cell"} for s in samples
+        )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_any_formula_units_by_default(pipe, batch_size):
+    """A formula means any number of formula units within max_sites; each sample states the cell it was
+    prompted and constrained with, and that Z was free."""
+    samples = pipe({"formula": "Li2O"}, num_return_sequences=24, seed=0, max_sites=9, batch_size=batch_size)
+    cells = Counter(s["structure"].composition.formula for s in samples)
+    assert set(cells) <= {"Li2 O1", "Li4 O2", "Li6 O3"} and len(cells) > 1  # Z = 1, 2, 3: at most 9 atoms
+    for sample in samples:
+        composition = sample["structure"].composition
+        assert composition.reduced_formula == "Li2O" and len(sample["structure"]) <= 9
+        assert sample["conditions"] == {"formula": format_formula(composition), "formula_units": "any"}
+    again = pipe({"formula": "Li2O"}, num_return_sequences=24, seed=0, max_sites=9, batch_size=batch_size)
+    assert [s["text"] for s in again] == [s["text"] for s in samples]
+    greedy = pipe([{"formula": "Li2O"}, {}], num_return_sequences=3, max_sites=9, temperature=0, batch_size=2)
+    assert {s["conditions"]["formula"] for s in greedy[0]} == {"Li4O2"}  # the most frequent Z of MP-20
+
+
+def test_formula_units_fixed_and_per_condition_set(pipe):
+    out = pipe(
+        [{"formula": "NaCl"}, {"formula": "NaCl", "formula_units": "cell"}],
+        formula_units=3,
+        num_return_sequences=2,
+        seed=0,
+        batch_size=2,
+    )
+    assert [{s["structure"].composition.formula for s in group} for group in out] == [
+        {"Na3 Cl3"},
+        {"Na1 Cl1"},
+    ]
+    assert out[0][0]["conditions"] == {"formula": "Na3Cl3", "formula_units": 3}
+
+
+def test_impossible_formula_units_are_typed_errors(pipe):
+    with pytest.raises(FormulaUnitsError, match="7 atoms, more than max_sites=5"):
+        pipe({"formula": "LiFePO4"}, max_sites=5)
+    with pytest.raises(FormulaUnitsError, match="more than max_sites=20"):
+        pipe({"formula": "NaCl"}, formula_units=11, max_sites=20)
+    with pytest.raises(FormulaUnitsError, match="positive integer"):
+        pipe({"formula": "NaCl", "formula_units": 0})
 
 
 def test_element_set_is_respected(pipe):
@@ -81,7 +126,14 @@ def test_prompts_are_built_as_in_training(pipe, monkeypatch):
 
     monkeypatch.setattr(pipe.model, "generate", spy)
     conditions = [{"formula": "NaCl", "band_gap": 1.23456}, {"spacegroup": 225, "e_above_hull": 0.0}, {}]
-    out = pipe(conditions, num_return_sequences=2, max_new_tokens=5, constrain=False, batch_size=3)
+    out = pipe(
+        conditions,
+        num_return_sequences=2,
+        max_new_tokens=5,
+        constrain=False,
+        batch_size=3,
+        formula_units="cell",
+    )
     assert [len(group) for group in out] == [2, 2, 2]
     assert sorted(seen) == sorted(generation_prompt(c) for c in conditions)
 
@@ -127,7 +179,11 @@ def test_num_return_sequences_nesting(tiny_model, constrain, at):
     assert len(single) == 3 and all(isinstance(s, dict) and s["conditions"] for s in single)
     grouped = pipe([{"formula": "NaCl"}, {}, {"spacegroup": 225}], batch_size=2, **kwargs)
     assert [len(g) for g in grouped] == [3, 3, 3]
-    assert [g[0]["conditions"] for g in grouped] == [{"formula": "Na1Cl1"}, {}, {"spacegroup": 225}]
+    assert [g[0]["conditions"] for g in grouped] == [
+        {"formula": "Na1Cl1", "formula_units": "any"},
+        {},
+        {"spacegroup": 225},
+    ]
     for sample in (s for group in grouped for s in group):  # separate samples, never glued into one text
         if constrain:
             assert len(sample["structure"]) <= 3
@@ -189,7 +245,7 @@ def test_llama_style_bpe_tokenizer(tmp_path):
     samples = bpe(48, max_sites=4, seed=0, batch_size=48)
     assert all(s["structure"] is not None for s in samples)
     assert all(decode(s["text"]) == s["structure"] for s in samples)
-    fixed = bpe({"formula": "Na3N"}, num_return_sequences=8, seed=1, batch_size=8)
+    fixed = bpe({"formula": "Na3N"}, num_return_sequences=8, seed=1, batch_size=8, formula_units="cell")
     assert {s["structure"].composition for s in fixed} == {Composition("Na3N")}
     infill = pipeline("crystal-infill", model=bpe.model, tokenizer=bpe.tokenizer)
     answer = infill(sodium_nitride(), mask_element="N", num_candidates=len(ELEMENT_SYMBOLS))
@@ -288,7 +344,8 @@ def test_generate_cli_writes_every_format_and_resumes(tiny_model, tmp_path, caps
     if suffix == ".csv":
         frame = pd.read_csv(out)
         assert list(frame["material_id"]) == [f"sample-{i:06d}" for i in range(10)]
-        assert json.loads(frame["conditions"][0]) == {"formula": "Na1Cl1"}
+        asked = json.loads(frame["conditions"][0])  # the cell prompted, and that Z was free
+        assert asked == {"formula": format_formula(structures[0].composition), "formula_units": "any"}
     if suffix == ".extxyz":
         assert [a.info["material_id"] for a in ase_read(out, index=":")][-1] == "sample-000009"
 
