@@ -44,6 +44,23 @@ def test_formula_reduced_and_cell_matches():
     assert not unread["formula_reduced_match"] and not unread["spacegroup_0.1_hit"]
 
 
+def test_whole_cell_is_checked_against_the_cell_asked_for():
+    doubled = rocksalt().make_supercell([2, 1, 1], in_place=False)  # Na8Cl8
+    assert condition_flags(doubled, {"formula": "NaCl", "formula_units": 8})["formula_cell_match"]
+    assert not condition_flags(doubled, {"formula": "NaCl", "formula_units": "cell"})["formula_cell_match"]
+    free = condition_flags(doubled, {"formula": "Na2Cl2", "formula_units": "any"})
+    assert free == {"formula_reduced_match": True, "formula_cell_match": None}  # any Z: the whole cell is n/a
+    conditions = [
+        {"formula": "Na8Cl8", "formula_units": "any"},
+        {"formula": "Na4Cl4", "formula_units": "cell"},
+    ]
+    counts = condition_counts(conditions, [condition_flags(doubled, c) for c in conditions])
+    assert counts["cond_formula_reduced"] == (2, 2) and counts["cond_formula_n"] == 2
+    assert counts["cond_formula_cell"] == (0, 1) and counts["cond_formula_cell_n"] == 1
+    with pytest.raises(ConditionError, match="positive integer"):
+        parse_sample_conditions({"formula": "NaCl", "formula_units": "some"})
+
+
 def test_numeric_conditions_error_and_tolerance():
     asked = {"e_above_hull": 0.0, "formation_energy_per_atom": -2.0, "band_gap": 1.0}
     flags = condition_flags(

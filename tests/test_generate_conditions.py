@@ -1,5 +1,6 @@
 """`hf-crystal generate --conditions-file`: a conditional benchmark in one command."""
 
+import csv
 import json
 
 import pytest
@@ -16,15 +17,43 @@ def tiny_model(tmp_path_factory):
 
 def test_conditions_file_round_trip(tiny_model, tmp_path, capsys):
     sets = tmp_path / "conditions.jsonl"
-    sets.write_text('{"formula": "NaCl", "count": 3}\n\n{"formula": "KBr", "spacegroup": 225}\n')
+    sets.write_text(
+        '{"formula": "NaCl", "count": 3}\n\n{"formula": "KBr", "spacegroup": 225, "formula_units": 2}\n'
+    )
     out = tmp_path / "samples.jsonl"
     argv = ["generate", "--model", str(tiny_model), "--conditions-file", str(sets), "--num", "2"]
-    assert main([*argv, "--batch-size", "2", "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        main([*argv, "--batch-size", "2", "--seed", "0", "--formula-units", "cell", "--out", str(out)]) == 0
+    )
     assert "generated 5" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     asked = [json.loads(r["conditions"]) for r in rows]
-    assert asked == [{"formula": "Na1Cl1"}] * 3 + [{"formula": "K1Br1", "spacegroup": 225}] * 2  # as prompted
+    assert (
+        asked
+        == [{"formula": "Na1Cl1", "formula_units": "cell"}] * 3
+        + [
+            {"formula": "K2Br2", "spacegroup": 225, "formula_units": 2}  # a line's own formula_units wins
+        ]
+        * 2
+    )  # as prompted
     assert [r["material_id"] for r in rows] == [f"sample-{i:06d}" for i in range(5)]
+
+
+def test_formula_units_flag_reaches_the_samples(tiny_model, tmp_path, capsys):
+    out = tmp_path / "samples.csv"
+    argv = ["generate", "--model", str(tiny_model), "--formula", "Li2O", "--num", "6", "--seed", "0"]
+    assert main([*argv, "--max-sites", "9", "--out", str(out)]) == 0  # "any" by default
+    asked = [json.loads(line["conditions"]) for line in csv.DictReader(out.open())]
+    assert {a["formula_units"] for a in asked} == {"any"}
+    assert {a["formula"] for a in asked} <= {"Li2O1", "Li4O2", "Li6O3"}
+    record = json.loads((tmp_path / "samples.generation.json").read_text())
+    assert record["formula_units"] == "any" and record["max_sites"] == 9
+    assert main([*argv, "--formula-units", "3", "--out", str(tmp_path / "three.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "three.csv").open()))
+    assert {r["conditions"] for r in rows} == {'{"formula": "Li6O3", "formula_units": 3}'}
+    assert main([*argv, "--max-sites", "2", "--out", str(tmp_path / "none.csv")]) == 2
+    assert "more than max_sites=2" in capsys.readouterr().err
+    assert not (tmp_path / "none.csv").exists()  # refused before the model loads
 
 
 def test_batches_cover_every_sample_once_and_resume_mid_set():
@@ -69,7 +98,7 @@ def test_evaluate_reads_conditions_provenance_and_ipt(tiny_model, tmp_path, caps
     assert main([*argv, "--seed", "3", "--out", str(samples)]) == 0
     record = json.loads((tmp_path / "samples.generation.json").read_text())
     assert record["seed"] == 3 and record["sampling"] == {"temperature": 0.7} and record["constrained"]
-    assert record["condition_sets"] == [{"formula": "NaCl", "count": 4}]
+    assert record["condition_sets"] == [{"formula": "NaCl", "count": 4}] and record["formula_units"] == "any"
     out = tmp_path / "report"
     reference = tmp_path / "reference.cif"
     from factories import rocksalt
@@ -79,7 +108,8 @@ def test_evaluate_reads_conditions_provenance_and_ipt(tiny_model, tmp_path, caps
     assert main([*argv, "--model", str(tiny_model), "--ipt-n", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cond_formula_n"] == 4  # parsed or not, every sample asked
-    assert metrics["cond_formula_cell"] == 1.0  # constrained decoding writes exactly Na1Cl1
+    assert metrics["cond_formula_reduced"] == 1.0  # constrained decoding writes exactly the cell it chose
+    assert metrics["cond_formula_cell"] is None and metrics["cond_formula_cell_n"] == 0  # any Z: n/a
     assert metrics["provenance"]["model"] == str(tiny_model)
     assert metrics["ipt_n"] == 1 and metrics["ipt_mean"] >= 0 and metrics["perplexity_mean"] > 1
     report = (out / "report.md").read_text()

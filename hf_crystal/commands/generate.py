@@ -49,7 +49,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
-    for key in ("temperature", "top_p", "max_new_tokens"):
+    for key in ("temperature", "top_p", "max_new_tokens", "max_sites", "formula_units"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     _write_generation_record(
@@ -94,6 +94,8 @@ def _write_generation_record(args, plan, options, model, paths) -> None:
         "model": args.model,
         "revision": args.revision,
         "constrained": not args.no_constrain,
+        "formula_units": args.formula_units,
+        "max_sites": args.max_sites,
         "seed": args.seed,
         "sampling": {
             key: options[key] for key in ("temperature", "top_p", "max_new_tokens") if key in options
@@ -117,14 +119,26 @@ _FLAGS = {
 }
 
 
+def _check_conditions(conditions: dict, args: argparse.Namespace) -> None:
+    """ValueError (FormulaUnitsError) for conditions the pipeline would refuse, before the model loads."""
+    from hf_crystal.constraints import DEFAULT_MAX_SITES
+    from hf_crystal.prompts import cell_formulas, generation_prompt
+
+    conditions = dict(conditions)
+    formula_units = conditions.pop("formula_units", args.formula_units)
+    generation_prompt(conditions)  # unknown keys and bad values
+    if conditions.get("formula") is not None:
+        cell_formulas(conditions["formula"], formula_units, args.max_sites or DEFAULT_MAX_SITES)
+
+
 def _condition_plan(args: argparse.Namespace) -> list[tuple[dict, int]]:
-    """(conditions, count) per condition set: the command-line flags, or each line of --conditions-file."""
+    """(conditions, count) per condition set: the command-line flags, or each line of --conditions-file (whose
+    lines may set their own "formula_units")."""
     flags = {key: getattr(args, flag) for key, flag in _FLAGS.items() if getattr(args, flag) is not None}
     if not args.conditions_file:
+        _check_conditions(flags, args)
         return [(flags, args.num)]
     import json
-
-    from hf_crystal.prompts import generation_prompt
 
     if flags:
         raise UsageError("give conditions either as flags or in --conditions-file, not both")
@@ -142,13 +156,22 @@ def _condition_plan(args: argparse.Namespace) -> list[tuple[dict, int]]:
             count = conditions.pop("count", args.num) if isinstance(conditions, dict) else None
             if not isinstance(count, int) or count < 1:
                 raise ValueError('each line must be a JSON object with an optional positive integer "count"')
-            generation_prompt(conditions)  # unknown keys and bad values fail here, with the line
+            _check_conditions(conditions, args)  # fails here, with the line
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             raise UsageError(f"{where}: {exc}") from None
         plan.append((conditions, count))
     if not plan:
         raise UsageError(f"{args.conditions_file} holds no condition sets")
     return plan
+
+
+def _formula_units(value: str) -> str | int:
+    """--formula-units: "any", "cell" or a positive integer."""
+    if value in ("any", "cell"):
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f'"any", "cell" or a positive integer, got {value!r}')
 
 
 def _batches(plan: list[tuple[dict, int]], start: int, batch_size: int):
@@ -180,7 +203,17 @@ def add_parser(subparsers) -> None:
         help="also load pickle weights (pytorch_model.bin) when a model has no safetensors: only for sources you trust",
     )
     gen.add_argument("--num", type=int, default=10, help="number of samples (default 10)")
-    gen.add_argument("--formula", help="condition: chemical formula, e.g. NaCl (constrains the composition)")
+    gen.add_argument(
+        "--formula",
+        help="condition: chemical formula, e.g. NaCl (constrains the composition, see --formula-units)",
+    )
+    gen.add_argument(
+        "--formula-units",
+        type=_formula_units,
+        default="any",
+        help='what --formula means: "any" number of formula units Z within --max-sites (default; Z drawn per '
+        'sample from MP-20\'s frequencies), "cell" for the counts as given, or an integer Z',
+    )
     gen.add_argument("--spacegroup", type=int, help="condition: space-group number 1-230")
     gen.add_argument("--e-above-hull", type=float, help="condition: energy above hull, eV/atom")
     gen.add_argument("--formation-energy", type=float, help="condition: formation energy per atom, eV/atom")
@@ -188,7 +221,8 @@ def add_parser(subparsers) -> None:
     gen.add_argument(
         "--conditions-file",
         help='JSONL of condition sets, one per line with a count, e.g. {"formula": "NaCl", "count": 20} '
-        "(a conditional benchmark in one run; --num is the count of lines without one)",
+        '(a conditional benchmark in one run; --num is the count of lines without one; "formula_units" on a '
+        "line overrides --formula-units)",
     )
     gen.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default 0.9)")
     gen.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
@@ -196,6 +230,7 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
     gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
+    gen.add_argument("--max-sites", type=int, help="most sites per crystal (default 64; MP-20 models: 20)")
     gen.add_argument(
         "--refiner",
         help="FlowLLM refiner (folder or Hub id) applied to every parsed sample (default: the one the model "

@@ -3,7 +3,9 @@
 Gruver et al. show text conditioning only qualitatively; here every condition a sample was generated for
 (the ``conditions`` column that ``hf-crystal generate`` writes, or one set for a whole file) is checked:
 
-- formula: the reduced formula equal to the requested one, and (stricter) the whole-cell counts equal;
+- formula: the reduced formula equal to the requested one, and (stricter) the whole-cell counts equal, over
+  the samples whose ``formula_units`` fixed the cell ("cell" or an int Z; a formula without ``formula_units``
+  counts as "cell", as files written before it existed mean): under "any" the whole cell is n/a;
 - spacegroup: spglib's space group (pymatgen's ``SpacegroupAnalyzer``) at symprec 0.1 and 0.01, on the
   generated and on the relaxed structure;
 - e_above_hull, formation_energy_per_atom: the CHGNet + MP2020 value of the relaxed sample against the
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pymatgen.core import Composition, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from hf_crystal.prompts import CONDITIONS
+from hf_crystal.prompts import CONDITIONS, FormulaUnitsError, check_formula_units
 
 __all__ = [
     "NUMERIC_TOLERANCES",
@@ -55,9 +57,14 @@ def parse_sample_conditions(value: str | dict | None) -> dict:
             raise ConditionError(f"conditions must be a JSON object, got {value!r}: {exc}") from None
     if not isinstance(value, dict):
         raise ConditionError(f"conditions must be a JSON object, got {value!r}")
-    unknown = set(value) - set(CONDITIONS)
+    unknown = set(value) - {*CONDITIONS, "formula_units"}
     if unknown:
         raise ConditionError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    if "formula_units" in value:
+        try:
+            check_formula_units(value["formula_units"])
+        except FormulaUnitsError as exc:
+            raise ConditionError(str(exc)) from None
     return value
 
 
@@ -81,16 +88,22 @@ def condition_flags(
     relaxed: Structure | None = None,
     achieved: dict[str, float] | None = None,
 ) -> dict:
-    """Per-sample satisfaction of ``conditions``: ``formula_reduced_match``, ``formula_cell_match``,
+    """Per-sample satisfaction of ``conditions``: ``formula_reduced_match``, ``formula_cell_match`` (None when
+    ``formula_units`` is "any"),
     ``spacegroup[_relaxed]_<symprec>`` (the number found) and ``..._hit``, and for numeric conditions
     ``<key>_achieved`` / ``<key>_within`` from ``achieved`` (e.g. {"e_above_hull": 0.03}).
     """
     flags: dict = {}
     if "formula" in conditions:
         wanted = Composition(conditions["formula"])
+        units = conditions.get("formula_units", "cell")
+        if isinstance(units, int):  # Z formula units of the formula
+            wanted = wanted.reduced_composition * units
         have = structure.composition if structure is not None else None
         flags["formula_reduced_match"] = have is not None and have.reduced_formula == wanted.reduced_formula
-        flags["formula_cell_match"] = have is not None and have.almost_equals(wanted, rtol=0, atol=1e-6)
+        flags["formula_cell_match"] = (
+            None if units == "any" else have is not None and have.almost_equals(wanted, rtol=0, atol=1e-6)
+        )
     if "spacegroup" in conditions:
         for symprec in SYMPRECS:
             for name, s in (("spacegroup", structure), ("spacegroup_relaxed", relaxed)):
@@ -110,7 +123,8 @@ def condition_counts(conditions: Sequence[dict], flags: Sequence[dict]) -> dict:
     """Aggregate per-sample ``condition_flags`` over the samples that requested each condition.
 
     Returns {name: (count, total)} for rates and {name: value} for the rest: ``cond_<key>_n`` (samples that
-    requested it), rates ``cond_formula_reduced``, ``cond_formula_cell``, ``cond_spacegroup[_relaxed]_<symprec>``,
+    requested it), rates ``cond_formula_reduced``, ``cond_formula_cell`` (over the ``cond_formula_cell_n``
+    samples that fixed the whole cell), ``cond_spacegroup[_relaxed]_<symprec>``,
     ``cond_<numeric>_within``, and ``cond_<numeric>_mae`` with ``cond_<numeric>_measured``.
     """
     out: dict = {}
@@ -121,11 +135,10 @@ def condition_counts(conditions: Sequence[dict], flags: Sequence[dict]) -> dict:
         n = len(picked)
         out[f"cond_{key}_n"] = n
         if key == "formula":
-            for kind in ("reduced", "cell"):
-                out[f"cond_formula_{kind}"] = (
-                    sum(f.get(f"formula_{kind}_match", False) for _, f in picked),
-                    n,
-                )
+            out["cond_formula_reduced"] = (sum(f["formula_reduced_match"] for _, f in picked), n)
+            cells = [f["formula_cell_match"] for _, f in picked if f["formula_cell_match"] is not None]
+            out["cond_formula_cell"] = (sum(cells), len(cells))
+            out["cond_formula_cell_n"] = len(cells)
         elif key == "spacegroup":
             for name in ("spacegroup", "spacegroup_relaxed"):
                 for symprec in SYMPRECS:

@@ -141,11 +141,11 @@ def _conditions_plot(plt, rows: list[dict], path: Path) -> bool:
     for ax, key in zip(axes[0], keys, strict=True):
         picked = [(c, f) for c, f in pairs if key in c]
         if key == "formula":
-            rates = [
-                np.mean([f["formula_reduced_match"] for _, f in picked]),
-                np.mean([f["formula_cell_match"] for _, f in picked]),
-            ]
-            ax.bar(["reduced formula", "whole cell"], rates, color="tab:blue")
+            bars = {"reduced formula": np.mean([f["formula_reduced_match"] for _, f in picked])}
+            cells = [f["formula_cell_match"] for _, f in picked if f["formula_cell_match"] is not None]
+            if cells:  # n/a where the number of formula units was free
+                bars[f"whole cell (N={len(cells)})"] = np.mean(cells)
+            ax.bar(list(bars), list(bars.values()), color="tab:blue")
             ax.set(ylim=(0, 1), ylabel="fraction matching", title=f"formula (N={len(picked)} readable)")
             continue
         found_key = "spacegroup_0.1" if key == "spacegroup" else f"{key}_achieved"
@@ -228,9 +228,10 @@ def _condition_lines(metrics: dict) -> list[str]:
     lines += ["| condition | asked | rate | 95% CI |", "|---|---|---|---|"]
     for key in rates:
         condition = next(c for c in CONDITIONS if key.startswith(f"cond_{c}"))
-        lines.append(
-            f"| `{key}` | {metrics[f'cond_{condition}_n']} | {_shown(metrics[key])} | {_shown(metrics[f'{key}_ci95'])} |"
-        )
+        asked = metrics.get(
+            f"{key}_n", metrics[f"cond_{condition}_n"]
+        )  # cond_formula_cell: the whole cells asked
+        lines.append(f"| `{key}` | {asked} | {_shown(metrics[key])} | {_shown(metrics[f'{key}_ci95'])} |")
     for key in (k for k in metrics if k.startswith("cond_") and k.endswith("_mae")):
         measured = metrics[key.replace("_mae", "_measured")]
         lines.append(

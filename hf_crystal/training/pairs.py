@@ -138,6 +138,7 @@ def _pair_rows(pipe, ids, structures, settings: PairSettings, shard: int) -> lis
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_sites=max(len(s) for s in targets),
+        formula_units="cell",  # x0 has x1's atoms
         seed=settings.seed * 1_000_003 + shard,  # each shard draws its own samples, reproducibly
     )
     rows = []
