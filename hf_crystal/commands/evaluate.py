@@ -88,8 +88,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--conditions",
         metavar="JSON",
-        help='the conditions every sample was generated for, e.g. \'{"formula": "NaCl"}\' (default: the '
-        "samples' own conditions column, which generate writes to .csv / .jsonl)",
+        help='the conditions every sample was generated for, e.g. \'{"formula": "NaCl", "formula_units": "any"}\' '
+        '(a formula without "formula_units" is a whole cell; default: the samples\' own conditions column, which '
+        "generate writes to .csv / .jsonl)",
     )
     p.add_argument("--model", help="the model that wrote the samples: adds its IPT on --reference structures")
     p.add_argument("--ipt-n", type=int, default=64, help="reference structures for the IPT (default 64)")
