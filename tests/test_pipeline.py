@@ -16,12 +16,20 @@ from pymatgen.core import Composition
 from transformers import AutoModelForCausalLM, pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
+from hf_crystal import pipeline_infill
 from hf_crystal.commands import main
 from hf_crystal.data import read_structures
 from hf_crystal.hub import load_crystal_model, push_folder
-from hf_crystal.prompts import FormulaUnitsError, format_formula, generation_prompt
-from hf_crystal.testing import llama_style_tokenizer, save_tiny_llama
-from hf_crystal.text import ELEMENT_SYMBOLS, decode
+from hf_crystal.prompts import (
+    FormulaUnitsError,
+    format_formula,
+    generation_prompt,
+    infill_prompt,
+    mask_element,
+)
+from hf_crystal.testing import llama_style_tokenizer, save_tiny_llama, tiny_llama
+from hf_crystal.text import ELEMENT_SYMBOLS, decode, encode
+from hf_crystal.tokenization import build_crystal_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +234,34 @@ def test_infill_candidates_and_batches(infill):
     assert [a["candidates"][0]["probability"] for a in one] == pytest.approx(
         [b["candidates"][0]["probability"] for b in batched], rel=1e-4
     )
+
+
+def _naive_infill_score(infill, prompt: torch.Tensor, symbol: str) -> torch.Tensor:
+    """log p(symbol + EOS | prompt), the prompt and completion run as one sequence."""
+    completion = torch.tensor(infill._completion_ids(symbol))
+    logits = infill.model(input_ids=torch.cat([prompt, completion])[None]).logits[0]
+    log_probs = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
+    return log_probs.gather(-1, completion[:, None]).sum()
+
+
+@pytest.mark.parametrize("kind", ["crystal", "bpe"])
+@pytest.mark.parametrize("budget", [None, 1])  # 1 byte: one candidate per chunk
+def test_infill_scores_equal_the_per_candidate_computation(kind, budget, monkeypatch):
+    """The prompt runs once and its cache serves every candidate; the scores are those of running prompt +
+    completion per candidate (multi-token symbols and right padding with the BPE)."""
+    tokenizer = build_crystal_tokenizer() if kind == "crystal" else llama_style_tokenizer()
+    infill = pipeline("crystal-infill", model=tiny_llama(tokenizer, seed=1), tokenizer=tokenizer)
+    if budget is not None:
+        monkeypatch.setattr(pipeline_infill, "_CACHE_BUDGET", budget)
+    text = infill_prompt(mask_element(encode(sodium_nitride()), "N"))
+    prompt = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    symbols = [s for s in ELEMENT_SYMBOLS if s != "N"]
+    if kind == "bpe":  # completions of 2 to 5 tokens: right-padded continuations
+        assert len({len(infill._completion_ids(s)) for s in symbols}) > 1
+    with torch.no_grad():
+        expected = torch.stack([_naive_infill_score(infill, prompt, s) for s in symbols])
+        scores = infill._score(prompt, symbols)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
 
 
 def test_infill_errors(infill):
