@@ -32,11 +32,16 @@ def is_offline() -> bool:
 
 @contextmanager
 def offline_errors(repo_id: str | Path) -> Iterator[None]:
-    """Turn the libraries' errors for a repo missing from the cache in offline mode into one clear error."""
+    """Turn the libraries' errors for a repo missing from the cache in offline mode into one clear error
+    (an inner one, e.g. for an adapter's base, is kept)."""
     try:
         yield
     except OSError as err:  # huggingface_hub's LocalEntryNotFoundError and transformers' OSError are both
-        if is_offline() and not Path(repo_id).exists() and not isinstance(err, UnsafeWeightsError):
+        if (
+            is_offline()
+            and not Path(repo_id).exists()
+            and not isinstance(err, UnsafeWeightsError | HubOfflineError)
+        ):
             raise HubOfflineError(
                 f"{repo_id} is not in the local Hub cache and HF_HUB_OFFLINE is set: run "
                 f"`hf-crystal pull {repo_id}` while online (or unset HF_HUB_OFFLINE)"
