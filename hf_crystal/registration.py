@@ -63,15 +63,18 @@ class CrystalModelForCausalLM:
             return AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         from hf_crystal.hub import load_crystal_model
 
-        model_id = pretrained_model_name_or_path.model_id
+        model_id, revision = pretrained_model_name_or_path.model_id, kwargs.get("revision")
+        folder = EMBEDDED[model_id].folder
+        if revision in (None, "main") and not folder.is_dir():  # never the Hub for the default
+            raise EmbeddedModelError(
+                f"the default model {model_id} is not in this installation ({folder} is missing): "
+                'pass model="USER/REPO" or a local folder'
+            )
         options = {key: kwargs[key] for key in ("dtype", "device_map") if key in kwargs}
         try:  # an explicit revision other than "main" loads the adapter from the Hub
-            return load_crystal_model(model_id, kwargs.get("revision"), merge=True, **options)[0]
+            return load_crystal_model(model_id, revision, merge=True, **options)[0]
         except Exception as err:  # an OSError would make pipeline() load the bare base instead
-            raise EmbeddedModelError(
-                f"the default model {model_id} could not be loaded from {EMBEDDED[model_id].folder}: {err}; "
-                'pass model="USER/REPO" or a local folder'
-            ) from err
+            raise EmbeddedModelError(f"the default model {model_id} could not be loaded: {err}") from err
 
 
 def register() -> None:

@@ -115,6 +115,17 @@ def test_bundle_folders_are_what_the_registry_says(bundle):
             assert KINDS[entry.refiner] == "refiner"
 
 
+def test_a_default_that_cannot_load_fails_clearly_instead_of_loading_the_bare_base(tmp_path, monkeypatch):
+    from transformers import pipeline
+
+    (tmp_path / _name(BASE_MODEL)).symlink_to(embedded.models_dir() / _name(BASE_MODEL))
+    monkeypatch.setattr(embedded, "models_dir", lambda: tmp_path)  # no adapter in this installation
+    with pytest.raises(
+        embedded.EmbeddedModelError, match=f"the default model {DEFAULT_MODEL} is not in this installation"
+    ):
+        pipeline("crystal-infill")
+
+
 _DEFAULTS = """
 import json
 from pymatgen.core import Composition, Lattice, Structure
