@@ -1,4 +1,4 @@
-"""`make demo`: crystals from the default model, offline, in well under a minute on a laptop CPU.
+"""`make demo`: crystals from the default model, offline, on a CPU.
 
 `pipeline("crystal-generation")` without a model is the embedded default (`hf_crystal.embedded`): a LoRA adapter
 on a small crystal LLM, with its FlowLLM refiner. Half of the crystals are unconditional, half are asked for a
