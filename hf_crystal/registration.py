@@ -36,7 +36,8 @@ class EmbeddedDefault(str):
     `pipeline()` reads the config and tokenizer from that string as a local folder, then loads the model with
     the task's model class: this string is the folder of the embedded entry's base (`EmbeddedModel.base`; the
     entry's own folder for a full model), `model_id` the embedded model it stands for, which
-    `CrystalModelForCausalLM` loads (an adapter on that base, merged). Nothing is asked of the Hub.
+    `CrystalModelForCausalLM` loads (an adapter on that base, merged). Nothing is asked of the Hub. An embedded
+    adapter that ships a tokenizer must ship its base's (tests/test_embedded.py checks).
     """
 
     model_id: str

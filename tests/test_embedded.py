@@ -107,10 +107,13 @@ def test_bundle_folders_are_what_the_registry_says(bundle):
         folder = bundle / _name(repo_id)
         assert folder_kind(folder) == KINDS[repo_id]
         if entry.base is not None:
-            assert (
-                json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-                == entry.base
-            )
+            config = json.loads((folder / "adapter_config.json").read_text())
+            assert config["base_model_name_or_path"] == entry.base
+            if (
+                folder / "tokenizer.json"
+            ).exists():  # a task default reads the base's tokenizer (EmbeddedDefault)
+                base_tokenizer = bundle / _name(entry.base) / "tokenizer.json"
+                assert (folder / "tokenizer.json").read_bytes() == base_tokenizer.read_bytes()
         if entry.refiner is not None:
             assert KINDS[entry.refiner] == "refiner"
 
