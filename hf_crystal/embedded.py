@@ -35,7 +35,7 @@ __all__ = [
 # The bundle (Hub ids; folder names are their last parts): change a model here.
 BASE_MODEL = "hf-crystal/crystal-llm-mp20-small"
 DEFAULT_MODEL = "hf-crystal/crystal-lora-mp20-small"
-DEFAULT_REFINER = "hf-crystal/crystal-refiner-mp20-small"
+DEFAULT_REFINER = "hf-crystal/crystal-refiner-mp20-lora"
 
 
 class EmbeddedModelError(Exception):
