@@ -59,9 +59,44 @@ def test_formula_units_flag_reaches_the_samples(tiny_model, tmp_path, capsys):
 def test_batches_cover_every_sample_once_and_resume_mid_set():
     plan = [({"formula": "NaCl"}, 5), ({"spacegroup": 225}, 3)]
     full = list(_batches(plan, 0, 2))
-    assert [(i, n) for i, n, _ in full] == [(0, 2), (2, 2), (4, 1), (5, 2), (7, 1)]
-    assert [c for _, _, c in full][-1] == {"spacegroup": 225}
-    assert [(i, n) for i, n, _ in _batches(plan, 6, 2)] == [(6, 2)]
+    assert [(i, len(sets) * n) for i, sets, n in full] == [(0, 2), (2, 2), (4, 1), (5, 2), (7, 1)]
+    assert full[-1][1] == [{"spacegroup": 225}]
+    assert [(i, n) for i, _, n in _batches(plan, 6, 2)] == [(6, 2)]
+
+
+def test_small_sets_share_batches():
+    """Sets of one sample (a conditional benchmark) run batch_size at a time; a change of count or a full batch
+    starts a new one; resuming mid-set draws the rest of that set alone."""
+    plan = [({"formula": f}, 1) for f in ("NaCl", "KBr", "LiF")] + [({"formula": "MgO"}, 2), ({}, 5)]
+    full = list(_batches(plan, 0, 2))
+    assert [(i, [c.get("formula") for c in sets], n) for i, sets, n in full] == [
+        (0, ["NaCl", "KBr"], 1),
+        (2, ["LiF"], 1),
+        (3, ["MgO"], 2),
+        (5, [None], 2),
+        (7, [None], 2),
+        (9, [None], 1),
+    ]
+    assert [(i, n) for i, _, n in _batches(plan, 4, 2)] == [(4, 1), (5, 2), (7, 2), (9, 1)]
+
+
+def test_conditions_file_of_single_samples_keeps_the_order(tiny_model, tmp_path, capsys):
+    sets = tmp_path / "conditions.jsonl"
+    formulas = ["NaCl", "KBr", "LiF", "MgO", "CsI"]
+    sets.write_text("".join(f'{{"formula": "{f}", "count": 1}}\n' for f in formulas))
+    out = tmp_path / "samples.jsonl"
+    argv = ["generate", "--model", str(tiny_model), "--conditions-file", str(sets), "--formula-units", "cell"]
+    assert main([*argv, "--batch-size", "2", "--seed", "0", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [json.loads(r["conditions"])["formula"] for r in rows] == [
+        "Na1Cl1",
+        "K1Br1",
+        "Li1F1",
+        "Mg1O1",
+        "Cs1I1",
+    ]
+    assert [r["material_id"] for r in rows] == [f"sample-{i:06d}" for i in range(5)]
+    assert "generated 5" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

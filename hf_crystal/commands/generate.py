@@ -57,9 +57,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     totals = {"generated": 0, "parsed": 0, "valid": 0, "refined valid": 0, "written": 0}
     with tqdm(total=total, initial=min(start, total), unit=" crystals", desc="generating") as bar:
-        for index, n, conditions in _batches(plan, start, args.batch_size):
+        for index, sets, per_set in _batches(plan, start, args.batch_size):
             seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
-            samples = pipe(conditions, num_return_sequences=n, seed=seed, **options)
+            if len(sets) == 1:
+                samples = pipe(sets[0], num_return_sequences=per_set, seed=seed, **options)
+            else:
+                samples = [
+                    s
+                    for group in pipe(sets, num_return_sequences=per_set, seed=seed, **options)
+                    for s in group
+                ]
+            n = len(samples)
             totals["generated"] += n
             totals["parsed"] += sum(s["structure"] is not None for s in samples)
             totals["valid"] += sum(s["valid"] for s in samples)
@@ -175,12 +183,26 @@ def _formula_units(value: str) -> str | int:
 
 
 def _batches(plan: list[tuple[dict, int]], start: int, batch_size: int):
-    """(first sample index, size, conditions) of every batch still to draw, from sample `start` on."""
-    offset = 0
+    """(first sample index, condition sets, samples per set) of every batch still to draw, from sample `start` on.
+
+    A set of `batch_size` samples or more is split into batches of its own; consecutive smaller sets of the same
+    count share a batch (one prompt each), so that a conditions file of many small sets runs batched too.
+    """
+    offset, shared, shared_count = 0, [], 0  # shared: (first index, conditions) of small sets of one batch
     for conditions, count in plan:
-        for index in range(max(start, offset), offset + count, batch_size):
-            yield index, min(batch_size, offset + count - index), conditions
-        offset += count
+        end = offset + count
+        if shared and (count != shared_count or (len(shared) + 1) * count > batch_size):
+            yield shared[0][0], [c for _, c in shared], shared_count
+            shared = []
+        if start <= offset and count < batch_size:
+            shared.append((offset, conditions))
+            shared_count = count
+        else:
+            for index in range(max(start, offset), end, batch_size):
+                yield index, [conditions], min(batch_size, end - index)
+        offset = end
+    if shared:
+        yield shared[0][0], [c for _, c in shared], shared_count
 
 
 def add_parser(subparsers) -> None:
