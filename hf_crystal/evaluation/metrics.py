@@ -287,9 +287,9 @@ def _validity(samples, rows, *, n_total: int, progress: bool) -> tuple[list[Stru
         flags = [validity_flags(s) for s in tqdm(samples, desc="validity", disable=not progress)]
     for row, f, s, d in zip(rows, flags, samples, densities(samples), strict=True):
         row |= f | {"n_elements": len(s.composition.elements), "density": d}
-    rates = {
-        key: _rate(sum(f[key] for f in flags), n_total) for key in ("struct_valid", "comp_valid", "valid")
-    }
+    rates = {}
+    for key in ("struct_valid", "comp_valid", "valid"):
+        rates |= _rate_with_ci(key, sum(f[key] for f in flags), n_total)
     return [s for s, f in zip(samples, flags, strict=True) if f["valid"]], rates
 
 
@@ -312,10 +312,10 @@ def _uniqueness_novelty(samples, train, rows, *, progress: bool) -> dict:
     novel = novel_flags(samples, train, matcher, progress=progress)
     for row, u, n in zip(rows, unique, novel, strict=True):
         row |= {"unique": u, "novel": n if train else None}
-    return {
-        "unique_rate": _rate(sum(unique), len(samples)),
-        "novel_rate": _rate(sum(novel), len(samples)) if train else float("nan"),
-    }
+    rates = _rate_with_ci("unique_rate", sum(unique), len(samples))
+    return rates | (
+        _rate_with_ci("novel_rate", sum(novel), len(samples)) if train else {"novel_rate": float("nan")}
+    )
 
 
 @dataclass
