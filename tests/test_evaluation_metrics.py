@@ -123,7 +123,7 @@ def test_constant_reference_features_are_not_blown_up():
 
 def test_cdvae_scaler_and_cutoffs_are_the_default():
     from hf_crystal.evaluation.coverage import COV_CUTOFFS, cdvae_scaler, composition_fingerprint
-    from hf_crystal.evaluation.metrics import compute_metrics
+    from hf_crystal.evaluation.metrics import compute_metrics, wilson_interval
 
     means, stds = cdvae_scaler()
     assert means.shape == stds.shape == composition_fingerprint(Composition("NaCl")).shape == (132,)
@@ -136,6 +136,10 @@ def test_cdvae_scaler_and_cutoffs_are_the_default():
     result = compute_metrics([nacl], [nacl, cscl], relax=False, progress=False).metrics
     assert result["coverage_settings"] == "cutoffs 0.4 / 10.0 (CDVAE, mp20); Magpie scaler: CDVAE MP-20"
     assert result["cov_precision"] == 1.0 and result["cov_recall"] == 0.5
+    # Every rate carries its 95% Wilson interval, over its own denominator (1 sample, 2 reference structures).
+    assert result["cov_recall_ci95"] == pytest.approx(list(wilson_interval(1, 2)))
+    for key in ("struct_valid", "comp_valid", "valid", "unique_rate", "cov_precision"):
+        assert result[f"{key}_ci95"] == pytest.approx(list(wilson_interval(1, 1))), key
     # The same composition distance, by hand, with CDVAE's scaler:
     d = np.linalg.norm(np.nan_to_num((composition_fingerprint(nacl) - composition_fingerprint(cscl)) / stds))
     assert result["amcd_recall"] == pytest.approx(d / 2)

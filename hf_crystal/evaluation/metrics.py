@@ -299,6 +299,11 @@ def _coverage(samples, reference, *, n_total: int, cutoffs, scaler, progress: bo
     gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
     ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
     out = cov.coverage(gen[0], gen[1], ref[0], ref[1], *cutoffs, n_generated=n_total, comp_scaler=scaler)
+    for key, n in (
+        ("cov_recall", len(reference)),
+        ("cov_precision", n_total),
+    ):  # the rates with their intervals
+        out |= _rate_with_ci(key, round(out[key] * n), n)
     return out | {
         "fingerprint_failed_samples": int((~gen[2]).sum()),
         "fingerprint_failed_reference": int((~ref[2]).sum()),
@@ -411,11 +416,11 @@ def _stability_metrics(rows, results, *, n_total: int, hull: _Hull) -> dict:
     nan = float("nan")
     return {
         "n_relaxed": n_relaxed,
-        "relax_success_rate": _rate(len(ok), n_relaxed),
-        "relax_converged_rate": _rate(sum(r.converged for r in results), n_relaxed),
+        **_rate_with_ci("relax_success_rate", len(ok), n_relaxed),
+        **_rate_with_ci("relax_converged_rate", sum(r.converged for r in results), n_relaxed),
         "relax_steps_mean": float(np.mean([r.steps for r in ok])) if ok else nan,
         "energy_drop_mean": float(np.mean([r.energy_drop_per_atom for r in ok])) if ok else nan,
-        "match_rate_to_relaxed": _rate(len(matched), len(ok)),
+        **_rate_with_ci("match_rate_to_relaxed", len(matched), len(ok)),
         "rmsd_to_relaxed": float(np.mean([row["rmsd_relaxed"] for row in matched])) if matched else nan,
         "e_hull_mean": float(e_hulls.mean()) if len(e_hulls) else nan,
         "e_hull_median": float(np.median(e_hulls)) if len(e_hulls) else nan,
