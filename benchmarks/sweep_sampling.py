@@ -23,6 +23,7 @@ from transformers import pipeline
 import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal.data import append_structures, read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
+from hf_crystal.hub import load_crystal_model
 
 COLUMNS = {
     "struct_valid": "struct. valid",
@@ -99,7 +100,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     reference = read_structures(args.reference)[1][: args.limit]
     train = read_structures(args.train)[1][: args.limit] if args.train else []
-    pipe = pipeline("crystal-generation", model=args.model)
+    model, tokenizer = load_crystal_model(args.model, merge=True)  # adapters too, their base by Hub id
+    pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=None)
     cells = {(t, p): _cell(args, pipe, reference, train, t, p) for t in args.temperatures for p in args.top_p}
     print(
         f"\n{args.num} samples per cell, seed {args.seed}; reference {len(reference)}, train {len(train)}\n"
