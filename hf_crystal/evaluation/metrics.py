@@ -95,6 +95,22 @@ METRICS = {
     "sun_rate_covered": "sun_rate over the hull-covered samples (denominator n_hull_covered)",
     "sun_rate_covered_ci95": "95% Wilson interval of sun_rate_covered",
 }
+# The intervals of the rates above that carry one, with their denominators.
+METRICS |= {
+    f"{key}_ci95": f"95% Wilson interval of {key} (denominator {n})"
+    for key, n in (
+        ("struct_valid", "n_samples + n_unreadable"),
+        ("comp_valid", "n_samples + n_unreadable"),
+        ("valid", "n_samples + n_unreadable"),
+        ("cov_recall", "n_reference"),
+        ("cov_precision", "n_samples + n_unreadable"),
+        ("unique_rate", "n_samples"),
+        ("novel_rate", "n_samples"),
+        ("relax_success_rate", "n_relaxed"),
+        ("relax_converged_rate", "n_relaxed"),
+        ("match_rate_to_relaxed", "the successfully relaxed samples"),
+    )
+}
 
 # Keys of the per-sample rows = columns of samples.csv, in order (stability keys stay None without relaxation).
 SAMPLE_COLUMNS = [
