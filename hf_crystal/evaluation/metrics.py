@@ -335,7 +335,9 @@ def _uniqueness_novelty(samples, train, rows, *, progress: bool) -> dict:
         row |= {"unique": u, "novel": n if train else None}
     rates = _rate_with_ci("unique_rate", sum(unique), len(samples))
     return rates | (
-        _rate_with_ci("novel_rate", sum(novel), len(samples)) if train else {"novel_rate": float("nan")}
+        _rate_with_ci("novel_rate", sum(novel), len(samples))
+        if train
+        else {"novel_rate": float("nan"), "novel_rate_ci95": None}
     )
 
 
