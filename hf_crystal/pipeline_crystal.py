@@ -50,7 +50,7 @@ from transformers.cache_utils import DynamicLayer
 from hf_crystal import embedded
 from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.evaluation.validity import validity_flags
-from hf_crystal.prompts import cell_formulas, check_formula_units, generation_prompt, parse_conditions
+from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
 from hf_crystal.text import try_decode
 from hf_crystal.tokenization import prepare_for_batched_generation
 
@@ -266,14 +266,8 @@ class CrystalGenerationPipeline(Pipeline):
     def preprocess(
         self, conditions: Mapping, constrain: bool = True, elements=None, max_sites=None, formula_units="any"
     ) -> dict:
-        conditions = dict(conditions)
-        formula_units = check_formula_units(conditions.pop("formula_units", formula_units))
-        generation_prompt(conditions)  # validates the conditions
         max_sites = DEFAULT_MAX_SITES if max_sites is None else max_sites
-        cells, weights = [conditions], [1.0]
-        if conditions.get("formula") is not None:
-            formulas, weights = cell_formulas(conditions["formula"], formula_units, max_sites)
-            cells = [{**conditions, "formula": formula} for formula in formulas]
+        cells, weights, formula_units = condition_cells(conditions, formula_units, max_sites)
         encoded = [self._encode(c, constrain, elements, max_sites) for c in cells]
         for item in encoded:
             if "formula" in item["conditions"]:

@@ -24,6 +24,7 @@ __all__ = [
     "FormulaUnitsError",
     "TaskMix",
     "cell_formulas",
+    "condition_cells",
     "check_formula_units",
     "format_formula",
     "generation_example",
@@ -139,6 +140,23 @@ def cell_formulas(
     units = [z for z in sorted(counts) if z * per_unit <= max_sites]  # Z = 1 is in every row
     weights = np.array([counts[z] for z in units], dtype=float)
     return [format_formula(reduced * z) for z in units], weights / weights.sum()
+
+
+def condition_cells(
+    conditions: Mapping[str, Any], formula_units: str | int, max_sites: int
+) -> tuple[list[dict], np.ndarray, str | int]:
+    """The condition sets a request allows, their prior probabilities and the `formula_units` that applied.
+
+    A `formula_units` key in `conditions` wins over the argument. Without a formula: `conditions` itself; with
+    one: a set per whole cell of `cell_formulas`. ValueError (FormulaUnitsError included) for bad conditions.
+    """
+    conditions = dict(conditions)
+    formula_units = check_formula_units(conditions.pop("formula_units", formula_units))
+    generation_prompt(conditions)  # unknown keys and bad values
+    if conditions.get("formula") is None:
+        return [conditions], np.ones(1), formula_units
+    formulas, weights = cell_formulas(conditions["formula"], formula_units, max_sites)
+    return [{**conditions, "formula": formula} for formula in formulas], weights, formula_units
 
 
 def _format_value(key: str, value: Any) -> str:

@@ -130,13 +130,9 @@ _FLAGS = {
 def _check_conditions(conditions: dict, args: argparse.Namespace) -> None:
     """ValueError (FormulaUnitsError) for conditions the pipeline would refuse, before the model loads."""
     from hf_crystal.constraints import DEFAULT_MAX_SITES
-    from hf_crystal.prompts import cell_formulas, generation_prompt
+    from hf_crystal.prompts import condition_cells
 
-    conditions = dict(conditions)
-    formula_units = conditions.pop("formula_units", args.formula_units)
-    generation_prompt(conditions)  # unknown keys and bad values
-    if conditions.get("formula") is not None:
-        cell_formulas(conditions["formula"], formula_units, args.max_sites or DEFAULT_MAX_SITES)
+    condition_cells(conditions, args.formula_units, args.max_sites or DEFAULT_MAX_SITES)
 
 
 def _condition_plan(args: argparse.Namespace) -> list[tuple[dict, int]]:
