@@ -10,6 +10,11 @@ decode and are structurally / compositionally valid (SPEC 5), and:
 - roofline: tokens/s as a fraction of the matmul roofline, (fp32 matmul FLOP/s) / (2 x parameters): the
   mean FLOP/s of 1024^3 torch matmuls over one second right before each batch size (the machine is shared: its
   speed drifts), with the same thread count; attention and everything else is left out of the roofline;
+- bound: tokens/s as a fraction of what compute and memory traffic allow together: every generated token
+  costs its share of the matmuls (2 x parameters FLOP at the measured matmul FLOP/s) plus reading its
+  key/value cache (every earlier position, all layers; at the measured memory read bandwidth) and its share of
+  the weights (read once per decoding step of the batch). With a small model and long texts the cache, not the
+  weights, is what a large batch reads most (issue 11), so the matmul roofline alone is not attainable;
 - time ratio: constrained / unconstrained seconds (the cost of the constraints).
 
 Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core: with 2
@@ -28,6 +33,7 @@ from transformers import pipeline
 import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.hub import load_crystal_model
+from hf_crystal.prompts import generation_prompt
 
 
 def matmul_flops(size: int = 1024, seconds: float = 1.0) -> float:
@@ -42,15 +48,44 @@ def matmul_flops(size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 * count / elapsed
 
 
+def read_bandwidth(megabytes: int = 256, seconds: float = 1.0) -> float:
+    """Memory read bytes/s: sums of a tensor far larger than the caches, over about `seconds` (a mean, as above)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        x.sum()
+        count += 1
+    return x.numel() * 4 * count / elapsed
+
+
+def bound_seconds(
+    lengths: list[int], prompt: int, batch_size: int, model, flops: float, bandwidth: float
+) -> float:
+    """Seconds that `lengths` generated tokens (per sample, after a `prompt`-token prompt) need at least: matmul
+    FLOPs at `flops`, and at `bandwidth` the key/value cache of every earlier position plus the weights once per
+    decoding step of each batch (its longest sample's length)."""
+    config = model.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * 4  # keys and values, fp32
+    params = sum(p.numel() for p in model.parameters())
+    positions = sum(n * prompt + n * (n - 1) // 2 for n in lengths)
+    steps = sum(max(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    return 2 * params * sum(lengths) / flops + (positions * per_position + steps * params * 4) / bandwidth
+
+
 def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
     start = time.perf_counter()
     samples = pipe(num, batch_size=batch_size, constrain=constrain, seed=seed)
     elapsed = time.perf_counter() - start
-    tokens = sum(len(pipe.tokenizer(s["text"], add_special_tokens=False)["input_ids"]) + 1 for s in samples)
+    lengths = [len(pipe.tokenizer(s["text"], add_special_tokens=False)["input_ids"]) + 1 for s in samples]
+    tokens = sum(lengths)
     structures = [s["structure"] for s in samples if s["structure"] is not None]
     flags = [validity_flags(s) for s in structures]
     return {
         "seconds": elapsed,
+        "lengths": lengths,
         "samples/s": num / elapsed,
         "structures/s": len(structures) / elapsed,
         "tokens/s": tokens / elapsed,
@@ -75,29 +110,34 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_crystal_model(args.model)
     params = sum(p.numel() for p in model.parameters())
+    prompt = len(tokenizer(generation_prompt(), add_special_tokens=False)["input_ids"])
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
     for constrain in (False, True):  # warm-up of both paths
         pipe(2, batch_size=2, constrain=constrain)
     print(f"{args.model}: {params / 1e6:.2f}M parameters, {torch.get_num_threads()} thread(s), {load()}")
     print(
         f"{'batch':>5s} {'constrained':>11s} {'samples/s':>10s} {'structs/s':>10s} {'tokens/s':>9s} "
-        f"{'gain':>6s} {'GFLOP/s':>8s} {'roofline':>8s} {'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} "
+        f"{'gain':>6s} {'GFLOP/s':>8s} {'roofline':>8s} {'GB/s':>5s} {'bound':>6s} {'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} "
         f"{'time ratio':>10s}"
     )
     first = {}
     for batch_size in args.batch_sizes:
-        flops = matmul_flops()
+        flops, bandwidth = matmul_flops(), read_bandwidth()
         num = max(args.num, batch_size)
         free = run(pipe, num, batch_size, constrain=False, seed=args.seed)
-        bound = run(pipe, num, batch_size, constrain=True, seed=args.seed)
-        for name, row in (("no", free), ("yes", bound)):
+        held = run(pipe, num, batch_size, constrain=True, seed=args.seed)
+        for name, row in (("no", free), ("yes", held)):
             first.setdefault(name, row)
-            ratio = f"{bound['seconds'] / free['seconds']:10.2f}" if name == "yes" else f"{'':10s}"
+            ratio = f"{held['seconds'] / free['seconds']:10.2f}" if name == "yes" else f"{'':10s}"
             gain = row["structures/s"] / max(first[name]["structures/s"], 1e-12)
             roofline = row["tokens/s"] * 2 * params / flops
+            attained = (
+                bound_seconds(row["lengths"], prompt, batch_size, model, flops, bandwidth) / row["seconds"]
+            )
             print(
                 f"{batch_size:5d} {name:>11s} {row['samples/s']:10.2f} {row['structures/s']:10.2f} "
-                f"{row['tokens/s']:9.0f} {gain:6.1f} {flops / 1e9:8.1f} {roofline:8.1%} {row['decoded']:8.1%} "
+                f"{row['tokens/s']:9.0f} {gain:6.1f} {flops / 1e9:8.1f} {roofline:8.1%} {bandwidth / 1e9:5.1f} {attained:6.1%} "
+                f"{row['decoded']:8.1%} "
                 f"{row['struct valid']:9.1%} {row['comp valid']:8.1%} {ratio}",
                 flush=True,
             )
