@@ -59,7 +59,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     with tqdm(total=total, initial=min(start, total), unit=" crystals", desc="generating") as bar:
         for index, sets, per_set in _batches(plan, start, args.batch_size):
             seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
-            if len(sets) == 1:
+            if len(sets) == 1:  # a dict, not a list of one: a list draws other samples for the same seed
                 samples = pipe(sets[0], num_return_sequences=per_set, seed=seed, **options)
             else:
                 samples = [
