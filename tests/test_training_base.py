@@ -83,3 +83,20 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("hf-crystal: error:") for line in errors)
     assert "nothing to resume" in errors[1] and "--sft" in errors[2]
+
+
+def test_continues_a_trained_model(trained, tmp_path, capsys):
+    out = tmp_path / "continued"
+    argv = ["train", "base", "--model_name_or_path", str(trained), "--dataset", str(trained.parent / "data")]
+    argv += ["--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2"]
+    assert main([*argv, "--learning_rate", "0"]) == 0  # no update: the weights are the source's
+    source = AutoModelForCausalLM.from_pretrained(trained).state_dict()
+    continued = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert source.keys() == continued.keys()
+    assert all(torch.equal(source[k], continued[k]) for k in source)
+    metadata = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert metadata["hyperparameters"]["continued from"] == str(trained)
+    assert "preset" not in metadata["hyperparameters"]
+
+    assert main([*argv, "--model_overrides", '{"num_hidden_layers": 2}']) == 2
+    assert "keeps its size" in capsys.readouterr().err

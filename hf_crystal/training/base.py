@@ -3,7 +3,8 @@
 Options: `BaseScriptArguments` (ours: data, task mix, preset, card), `trl.SFTConfig` (every trainer flag)
 and `trl.ModelConfig` (only `attn_implementation` applies to a model trained from scratch), read by
 `parse_args` through `trl.TrlParser`. Defaults: lr 1e-3 cosine with 100 warmup steps, batch 16, max
-length 1024, no activation checkpointing, 10 freshly augmented epochs.
+length 1024, no activation checkpointing, 10 freshly augmented epochs. `--model_name_or_path` (a folder or
+Hub id of a model this script trained) continues pretraining it instead of starting from random weights.
 
 The output folder is Hub-shaped: config.json, model.safetensors, generation_config.json, the crystal
 tokenizer, README.md (model card); checkpoints go to its `checkpoints/` subfolder.
@@ -20,6 +21,7 @@ from typing import Any
 from transformers import GenerationConfig, LlamaForCausalLM, TrainerCallback, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from hf_crystal.embedded import resolve
 from hf_crystal.prompts import TaskMix
 from hf_crystal.tokenization import build_crystal_tokenizer
 from hf_crystal.training.common import (
@@ -48,8 +50,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "max_length": MAX_POSITION_EMBEDDINGS,
     "gradient_checkpointing": False,  # the presets are small; `--activation_checkpointing` turns it on
 }
-# ModelConfig options that apply to a model trained from scratch; the others describe a pretrained base.
-_MODEL_OPTIONS = ("attn_implementation",)
+# ModelConfig options of `train base`: the others describe a pretrained base for `train lora`.
+_MODEL_OPTIONS = ("attn_implementation", "model_name_or_path", "model_revision")
 # Gruver et al. 2024 sampling script defaults: temperature 0.9, top_p 0.9, 500 new tokens.
 SAMPLING_TEMPERATURE = 0.9
 SAMPLING_TOP_P = 0.9
@@ -97,6 +99,10 @@ def _validate(script_args: BaseScriptArguments, training_args: SFTConfig, model_
         raise TrainingConfigError(
             f"train base trains a model from scratch: {changed} apply to a pretrained base (train lora)"
         )
+    if model_args.model_name_or_path and script_args.model_overrides:
+        raise TrainingConfigError(
+            "--model_overrides sizes a new model; a model continued from --model_name_or_path keeps its size"
+        )
 
 
 def parse_args(
@@ -126,7 +132,16 @@ def train_base(
     overrides = dict(script_args.model_overrides)
     if model_args.attn_implementation:
         overrides.setdefault("attn_implementation", model_args.attn_implementation)
-    model = LlamaForCausalLM(llama_config(script_args.preset, tokenizer, **overrides))
+    if model_args.model_name_or_path:
+        source, revision = resolve(model_args.model_name_or_path, model_args.model_revision)
+        model = LlamaForCausalLM.from_pretrained(source, revision=revision, **overrides)
+        if model.config.vocab_size != len(tokenizer):
+            raise TrainingConfigError(
+                f"{model_args.model_name_or_path} has {model.config.vocab_size} token embeddings, the crystal "
+                f"tokenizer {len(tokenizer)}: continue only a model that `train base` trained"
+            )
+    else:
+        model = LlamaForCausalLM(llama_config(script_args.preset, tokenizer, **overrides))
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -146,8 +161,9 @@ def train_base(
         model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks
     )
     trainer.train(resume_from_checkpoint=resume)
+    continued = model_args.model_name_or_path
     card_kwargs = {
-        "preset": script_args.preset,
+        "preset": None if continued else script_args.preset,
         "n_parameters": model.num_parameters(),
         "vocab_size": len(tokenizer),
         "architecture": {
@@ -162,7 +178,7 @@ def train_base(
         "base",
         n_structures=len(structures),
         hyperparameters={
-            "preset": script_args.preset,
+            **({"continued from": continued} if continued else {"preset": script_args.preset}),
             **script_args.model_overrides,
             **hyperparameters(script_args, training_args),
         },
