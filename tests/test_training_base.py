@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_crystal.commands import main
 from hf_crystal.prompts import generation_prompt
+from hf_crystal.testing import llama_style_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,7 @@ def test_continues_a_trained_model(trained, tmp_path, capsys):
 
     assert main([*argv, "--model_overrides", '{"num_hidden_layers": 2}']) == 2
     assert "keeps its size" in capsys.readouterr().err
+    tiny_llama(llama_style_tokenizer(bpe_size=300)).save_pretrained(tmp_path / "other")
+    argv[3] = str(tmp_path / "other")  # a LLaMA with another vocabulary: `train lora` is for those
+    assert main(argv) == 2
+    assert "continue only a model that `train base` trained" in capsys.readouterr().err
