@@ -1,7 +1,7 @@
 """Train a small LLaMA-architecture crystal model from scratch (full fine-tuning with TRL's SFTTrainer).
 
 Options: `BaseScriptArguments` (ours: data, task mix, preset, card), `trl.SFTConfig` (every trainer flag)
-and `trl.ModelConfig` (only `attn_implementation` applies to a model trained from scratch), read by
+and `trl.ModelConfig` (only `attn_implementation`, `model_name_or_path` and `model_revision` apply), read by
 `parse_args` through `trl.TrlParser`. Defaults: lr 1e-3 cosine with 100 warmup steps, batch 16, max
 length 1024, no activation checkpointing, 10 freshly augmented epochs. `--model_name_or_path` (a folder or
 Hub id of a model this script trained) continues pretraining it instead of starting from random weights.
