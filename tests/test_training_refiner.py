@@ -112,6 +112,7 @@ def test_training_lowers_the_loss_and_saves_a_refiner(setup, tmp_path, base, rat
     ]
     if base == "llm":
         argv += ["--llm", str(llm), "--pairs_cache_dir", str(tmp_path / "pairs"), "--base_noise_std", "0.01"]
+        argv += ["--inference_noise_std", "0.04"]
     main(argv)
     log = json.loads((out / "train_log.json").read_text())
     assert log[-1]["step"] == 150 and log[-1]["loss"] < ratio * log[0]["loss"]
@@ -123,7 +124,7 @@ def test_training_lowers_the_loss_and_saves_a_refiner(setup, tmp_path, base, rat
     refiner = CrystalRefinerPipeline.from_pretrained(out)
     assert refiner.model.config.hidden_dim == 16
     assert refiner.scheduler.config.base_distribution == base
-    assert refiner.scheduler.config.base_noise_std == (0.01 if base == "llm" else 0.0)
+    assert refiner.scheduler.config.base_noise_std == (0.04 if base == "llm" else 0.0)
 
 
 def test_resume_continues_exactly(setup, tmp_path):
@@ -155,5 +156,7 @@ def test_options_and_mistakes(tmp_path):
         parse_args(["--dataset", "d", "--output_dir", "o"])
     with pytest.raises(TrainingConfigError, match="base must be one of"):
         parse_args(["--dataset", "d", "--output_dir", "o", "--base", "gaussian"])
+    with pytest.raises(TrainingConfigError, match="must be >= 0"):
+        parse_args(["--dataset", "d", "--output_dir", "o", "--llm", "m", "--inference_noise_std", "-0.1"])
     with pytest.raises(TrainingConfigError, match="nothing to resume"):
         main(["--dataset", "d", "--output_dir", str(tmp_path / "none"), "--base", "uniform", "--resume"])

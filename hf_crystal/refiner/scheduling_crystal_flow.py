@@ -78,7 +78,8 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
         base_noise_std (`float`, defaults to 0):
             Std of Gaussian noise added to the given structures' fractional coordinates before the flow (FlowLLM
             tried 0.01-0.04). It matters for LLM samples with two atoms on one spot: an equivariant vector field
-            gives such atoms the same velocity, so without noise they never separate.
+            gives such atoms the same velocity, so without noise they never separate. It may differ from the noise
+            the refiner was trained with (`hf-crystal train refiner --inference_noise_std`).
 
     Call `set_timesteps` before sampling. A scheduler tracks the current step and should not be shared by
     concurrent generations.

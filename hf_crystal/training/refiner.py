@@ -109,9 +109,11 @@ class RefinerArguments:
     ema_decay: float = EMA_DECAY
     base_noise_std: float = field(
         default=0.0,
-        metadata={
-            "help": "Gaussian noise on x0's fractional coordinates, in training and (saved) at inference"
-        },
+        metadata={"help": "Gaussian noise on x0's fractional coordinates in training (std, fractional)"},
+    )
+    inference_noise_std: float | None = field(
+        default=None,
+        metadata={"help": "base noise saved in the scheduler for inference (default: --base_noise_std)"},
     )
     anti_annealing_slope: float = field(default=0.0, metadata={"help": "saved in the scheduler (inference)"})
     anti_annealing_offset: float = 0.0
@@ -138,6 +140,8 @@ class RefinerArguments:
             raise TrainingConfigError("--base llm needs --llm: the model or adapter whose samples are x0")
         if self.max_steps < 1 or self.batch_size < 1:
             raise TrainingConfigError("max_steps and batch_size must be positive")
+        if self.base_noise_std < 0 or (self.inference_noise_std or 0) < 0:
+            raise TrainingConfigError("base_noise_std and inference_noise_std must be >= 0")
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -326,7 +330,8 @@ def _finish(
 ) -> Path:
     out = Path(args.output_dir)
     ema.copy_to(model.parameters())
-    base = {"base_noise_std": args.base_noise_std}
+    noise = args.base_noise_std if args.inference_noise_std is None else args.inference_noise_std
+    base = {"base_noise_std": noise}
     if args.base == "uniform":
         base = {
             "base_distribution": "uniform",
