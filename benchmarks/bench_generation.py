@@ -17,6 +17,11 @@ decode and are structurally / compositionally valid (SPEC 5), and:
   weights, is what a large batch reads most (issue 11), so the matmul roofline alone is not attainable;
 - time ratio: constrained / unconstrained seconds (the cost of the constraints).
 
+--compile wraps the model's forward in `torch.compile(dynamic=True)`: with transformers' dynamic key/value cache
+the cache update breaks the graph and each layer index recompiles, and on this 2-core CPU it was slower than eager
+at batch 1 and 64 (issue 11's closing note has the table); the static cache that compiles whole attends over its
+full length every step.
+
 Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core: with 2
 threads and a load average of 10 on 2 cores, batch 1 unconstrained had not finished 64 samples after 39 minutes
 (issue 11); use --threads 2 on an idle machine to measure its ceiling. The load average is printed at the start
@@ -106,9 +111,16 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile(dynamic=True) the model's forward (issue 11: slower on this CPU, see the docstring)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_crystal_model(args.model)
+    if args.compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
     params = sum(p.numel() for p in model.parameters())
     prompt = len(tokenizer(generation_prompt(), add_special_tokens=False)["input_ids"])
     pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
