@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not slow" -q
+	scripts/loopback-only $(BIN)/python -m pytest -m "not slow" -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

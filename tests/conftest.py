@@ -57,3 +57,14 @@ def hub_server():
             )
     with _HUB:
         yield _HUB
+
+
+@pytest.fixture(scope="session")
+def loopback_only():
+    """Skips unless the tests run in a network namespace with loopback only (`make test` does, as root:
+    scripts/loopback-only), where nothing but 127.0.0.1 is reachable: Ray and browser tests need it."""
+    import socket
+
+    names = [name for _, name in socket.if_nameindex()]
+    if names != ["lo"]:
+        pytest.skip(f"needs a loopback-only network namespace (run under scripts/loopback-only); have {names}")
