@@ -15,9 +15,8 @@ from pymatgen.core import Structure
 from hf_crystal import embedded
 from hf_crystal.hub_access import offline_errors
 from hf_crystal.refiner.batching import CrystalBatch
-from hf_crystal.refiner.manifold import wrap
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
-from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
+from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler
 
 # FlowMM samples with 1000 Euler steps. For the MP-20 refiner in models/, 10 steps were as good as 100 and
 # 1000 (structural validity 0.855 / 0.836 / 0.836 of 256 LLM samples, match to CHGNet-relaxed 0.68 / 0.67 at
@@ -103,18 +102,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         refined = []
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
-            batch = CrystalBatch.from_structures(chunk)
-            config = self.scheduler.config
-            if config.base_distribution == "uniform":
-                coords, lattice, _ = sample_uniform_base(
-                    batch.num_atoms, config.log_length_mean, config.log_length_std, generator=generator
-                )
-                batch = batch.replace(frac_coords=coords, lattice=lattice)
-            elif config.base_noise_std > 0:
-                noise = torch.randn(
-                    batch.frac_coords.shape, generator=generator, dtype=batch.frac_coords.dtype
-                )
-                batch = batch.replace(frac_coords=wrap(batch.frac_coords + config.base_noise_std * noise))
+            batch = self.scheduler.sample_base(CrystalBatch.from_structures(chunk), generator)
             batch = batch.to(self.device, self.model.dtype)
             refined.extend(self._integrate(batch, num_inference_steps).to_structures())
         if not return_dict:

@@ -6,6 +6,7 @@ torus (wrapped after every step), lattice parameters linearly in the unconstrain
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from hf_crystal.refiner.batching import CrystalBatch
 from hf_crystal.refiner.manifold import (
     ANGLE_MARGIN,
     ANGLE_MAX,
@@ -81,7 +83,8 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
             gives such atoms the same velocity, so without noise they never separate. It may differ from the noise
             the refiner was trained with (`hf-crystal train refiner --inference_noise_std`).
 
-    Call `set_timesteps` before sampling. A scheduler tracks the current step and should not be shared by
+    `sample_base` draws the start of the flow (training and inference alike); call `set_timesteps` before
+    sampling. A scheduler tracks the current step and should not be shared by
     concurrent generations.
     """
 
@@ -106,6 +109,33 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = None
         self._times = None
         self._step_index = None
+
+    def sample_base(
+        self,
+        batch: CrystalBatch,
+        generator: torch.Generator | None = None,
+        project: Callable[[CrystalBatch], CrystalBatch] | None = None,
+    ) -> CrystalBatch:
+        """The start of the flow (t = 0) for the crystals of `batch`.
+
+        Args:
+            batch (`CrystalBatch`): The given structures (an LLM's samples, or a training pair's x0); for the
+                uniform base only their atoms are kept.
+            generator (`torch.Generator`, *optional*): Source of the uniform base or of the base noise.
+            project (`Callable`, *optional*): Applied to the drawn point, e.g. a projection onto the structures
+                that keep a space group.
+        """
+        config = self.config
+        if config.base_distribution == "uniform":
+            coords, lattice, _ = sample_uniform_base(
+                batch.num_atoms, config.log_length_mean, config.log_length_std, generator=generator
+            )
+            batch = batch.replace(frac_coords=coords.to(batch.frac_coords), lattice=lattice.to(batch.lattice))
+        elif config.base_noise_std > 0:
+            coords = batch.frac_coords
+            noise = torch.randn(coords.shape, generator=generator, dtype=coords.dtype)
+            batch = batch.replace(frac_coords=wrap(coords + config.base_noise_std * noise.to(coords.device)))
+        return batch if project is None else project(batch)
 
     @property
     def step_index(self) -> int | None:

@@ -105,8 +105,8 @@ def json_dict(value: Any, name: str) -> dict[str, Any]:
 
 
 @dataclass
-class CrystalScriptArguments:
-    """The options of a training run that are ours (the trainer's are `SFTConfig`, the model's `ModelConfig`)."""
+class DataArguments:
+    """Options every training run shares: its data, what to resume from, the card's dataset and license."""
 
     dataset: str = field(
         metadata={
@@ -117,6 +117,36 @@ class CrystalScriptArguments:
         default=None, metadata={"help": "the dataset's Hub id, for the card (when --dataset is local)"}
     )
     train_split: str = field(default="train", metadata={"help": "split to train on"})
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "nargs": "?",
+            "const": "latest",
+            "help": "resume from the latest checkpoint in <output_dir>/checkpoints, or from the checkpoint "
+            "folder given",
+        },
+    )
+    license: str | None = field(default=None, metadata={"help": "license for the card metadata"})
+
+    def __post_init__(self) -> None:
+        if self.resume is True or (
+            isinstance(self.resume, str) and self.resume.lower() in ("true", "latest")
+        ):
+            self.resume = "latest"
+        elif self.resume is False or (isinstance(self.resume, str) and self.resume.lower() in ("", "false")):
+            self.resume = None
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """The dataset's Hub id for card metadata: `dataset_id`, or `dataset` when it is not a local path."""
+        return self.dataset_id or (None if Path(self.dataset).exists() else self.dataset)
+
+
+@dataclass
+class CrystalScriptArguments(DataArguments):
+    """The options of an LLM training run that are ours (the trainer's are `SFTConfig`, the model's
+    `ModelConfig`)."""
+
     epochs: int = field(
         default=EPOCHS,
         metadata={
@@ -138,40 +168,20 @@ class CrystalScriptArguments:
             '\'{"formation_energy_per_atom": "heat_ref"}\''
         },
     )
-    resume: str | None = field(
-        default=None,
-        metadata={
-            "nargs": "?",
-            "const": "latest",
-            "help": "resume from the latest checkpoint in <output_dir>/checkpoints, or from the checkpoint "
-            "folder given",
-        },
-    )
-    license: str | None = field(default=None, metadata={"help": "license for the card metadata"})
     metrics: str | None = field(
         default=None, metadata={"help": "metrics JSON (hf-crystal evaluate) whose numbers go on the card"}
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.property_columns = json_dict(self.property_columns, "property_columns")
         if isinstance(self.conditions, str):
             self.conditions = [self.conditions]
-        if self.resume is True or (
-            isinstance(self.resume, str) and self.resume.lower() in ("true", "latest")
-        ):
-            self.resume = "latest"
-        elif self.resume is False or (isinstance(self.resume, str) and self.resume.lower() in ("", "false")):
-            self.resume = None
         unknown = set(self.conditions) - set(CONDITIONS)
         if unknown:
             raise TrainingConfigError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
         if not 0 <= self.infill_fraction <= 1:
             raise TrainingConfigError(f"infill_fraction must be in [0, 1], got {self.infill_fraction}")
-
-    @property
-    def hub_dataset(self) -> str | None:
-        """The dataset's Hub id for card metadata: `dataset_id`, or `dataset` when it is not a local path."""
-        return self.dataset_id or (None if Path(self.dataset).exists() else self.dataset)
 
 
 class TrainingParser(TrlParser):

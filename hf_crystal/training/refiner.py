@@ -8,7 +8,8 @@ crystal, and fits the model's velocities to the conditional flow-matching target
 weighted MSE; AdamW with warm-up and a cosine decay to a floor, EMA weights for inference.
 
 Batches are a pure function of (seed, step), so `--resume` continues exactly from a checkpoint
-(`<output_dir>/checkpoints/checkpoint-N`: model safetensors plus optimizer, schedule and EMA state).
+(`<output_dir>/checkpoints/checkpoint-N`, written by `accelerate.Accelerator.save_state`: model safetensors,
+optimizer, schedule, EMA weights and the loss log).
 The output folder is a Hub-shaped `CrystalRefinerPipeline` (EMA weights) with a card, the loss log
 (train_log.json) and its plot (loss.png).
 """
@@ -24,10 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_crystal.cache import cache_dir
 
 from hf_crystal.hub import push_folder, render_model_card
 from hf_crystal.refiner import (
@@ -37,11 +42,10 @@ from hf_crystal.refiner import (
     CSPNetModel,
     flow_matching_loss,
     interpolate,
-    sample_uniform_base,
-    wrap,
 )
 from hf_crystal.training.common import (
     CHECKPOINT_SUBDIR,
+    DataArguments,
     TrainingConfigError,
     TrainingParser,
     parse_configs,
@@ -71,16 +75,14 @@ _NOT_HYPERPARAMETERS = (
     "pairs_cache_dir",
     "num_threads",
 )
-TRAINING_STATE = "training_state.pt"
+# A file `Accelerator.save_state` writes into every checkpoint folder.
+_CHECKPOINT_MARKER = "optimizer.bin"
 
 
-@dataclass
-class RefinerArguments:
+@dataclass(kw_only=True)
+class RefinerArguments(DataArguments):
     """Options of a refiner training run (YAML keys and flags use these names)."""
 
-    dataset: str = field(
-        metadata={"help": "training structures: dataset folder, Hub dataset id or CSV/CIF source"}
-    )
     output_dir: str = field(metadata={"help": "Hub-shaped output folder; checkpoints go to its checkpoints/"})
     base: str = field(default="llm", metadata={"help": "x0: 'llm' (FlowLLM) or 'uniform' (FlowMM's base)"})
     llm: str | None = field(
@@ -93,7 +95,6 @@ class RefinerArguments:
     pairs_cache_dir: str | None = field(
         default=None, metadata={"help": "cache of LLM pairs (default ~/.cache/hf_crystal/refiner_pairs)"}
     )
-    train_split: str = "train"
     limit: int | None = field(default=None, metadata={"help": "train on the first N structures only"})
     hidden_dim: int | None = field(default=None, metadata={"help": "model size (default: CSPNetModel's)"})
     edge_dim: int | None = None
@@ -123,17 +124,12 @@ class RefinerArguments:
     num_threads: int | None = field(
         default=None, metadata={"help": "torch threads (default: torch's choice)"}
     )
-    resume: str | None = field(
-        default=None,
-        metadata={"nargs": "?", "const": "latest", "help": "resume from the latest checkpoint, or this one"},
-    )
     push_to_hub: bool = False
     hub_model_id: str | None = field(default=None, metadata={"help": "repo id (default: the folder's name)"})
     hub_private_repo: bool = False
-    dataset_id: str | None = field(default=None, metadata={"help": "the dataset's Hub id, for the card"})
-    license: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.base not in BASES:
             raise TrainingConfigError(f"base must be one of {BASES}, got {self.base!r}")
         if self.base == "llm" and not self.llm:
@@ -156,20 +152,14 @@ class _Pairs:
     x0: list[CrystalBatch] | None
     log_length_mean: torch.Tensor
     log_length_std: torch.Tensor
-    noise_std: float = 0.0
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator) -> tuple[CrystalBatch, CrystalBatch]:
+    def batch(
+        self, indices: Sequence[int], scheduler: CrystalFlowScheduler, generator: torch.Generator
+    ) -> tuple[CrystalBatch, CrystalBatch]:
+        """(x0, x1) of the crystals `indices`: x0 drawn by the scheduler's `sample_base`, as at inference."""
         x1 = _concat([self.x1[i] for i in indices])
-        if self.x0 is not None:
-            x0 = _concat([self.x0[i] for i in indices])
-            if self.noise_std > 0:
-                noise = torch.randn(x0.frac_coords.shape, generator=generator)
-                x0 = x0.replace(frac_coords=wrap(x0.frac_coords + self.noise_std * noise))
-            return x0, x1
-        coords, lattice, _ = sample_uniform_base(
-            x1.num_atoms, self.log_length_mean, self.log_length_std, generator=generator
-        )
-        return x1.replace(frac_coords=coords, lattice=lattice), x1
+        x0 = x1 if self.x0 is None else _concat([self.x0[i] for i in indices])
+        return scheduler.sample_base(x0, generator), x1
 
 
 def _concat(crystals: Sequence[CrystalBatch]) -> CrystalBatch:
@@ -206,7 +196,7 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
         model, tokenizer = load_crystal_model(args.llm, revision=args.llm_revision)
         pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
         settings = PairSettings(args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size)
-        cache = Path(args.pairs_cache_dir or Path.home() / ".cache" / "hf_crystal" / "refiner_pairs")
+        cache = Path(args.pairs_cache_dir or cache_dir("refiner_pairs"))
         pairs = build_pairs(
             pipe, ids, structures, cache, settings, model_name=args.llm, revision=args.llm_revision
         )
@@ -220,7 +210,7 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
         x1, x0 = [s.get_reduced_structure() for s in structures], None
     x1 = _singles(x1)
     log_lengths = torch.cat([c.lattice[:, :3] for c in x1])
-    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0), args.base_noise_std), info
+    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0)), info
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -236,32 +226,47 @@ def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def _save_checkpoint(folder: Path, model, ema, optimizer, schedule, step: int, log: list) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder / "model")
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "ema": ema.state_dict(),
-        "log": log,
-    }
-    torch.save(state, folder / TRAINING_STATE)
+class _Progress:
+    """The step reached and the loss log: saved and restored with the checkpoint (`register_for_checkpointing`)."""
+
+    def __init__(self):
+        self.step, self.log = 0, []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "log": self.log}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.log = state["step"], state["log"]
 
 
-def _resume_folder(args: RefinerArguments) -> Path | None:
+def _resume_folder(args: RefinerArguments) -> str | None:
     if not args.resume:
         return None
     if args.resume != "latest":
-        folder = Path(args.resume)
+        folder = args.resume
     else:
-        found = sorted(args.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not found:
+        folder = args.checkpoint_dir.is_dir() and get_last_checkpoint(str(args.checkpoint_dir))
+        if not folder:
             raise TrainingConfigError(f"nothing to resume: no checkpoint-* folder in {args.checkpoint_dir}")
-        folder = found[-1]
-    if not (folder / TRAINING_STATE).exists():
-        raise TrainingConfigError(f"{folder} is not a refiner checkpoint (no {TRAINING_STATE})")
+    if not (Path(folder) / _CHECKPOINT_MARKER).exists():
+        raise TrainingConfigError(f"{folder} is not a refiner checkpoint (no {_CHECKPOINT_MARKER})")
     return folder
+
+
+def _scheduler(args: RefinerArguments, pairs: _Pairs, noise_std: float) -> CrystalFlowScheduler:
+    """The scheduler of this run's base distribution, with base noise `noise_std`."""
+    base = {"base_noise_std": noise_std}
+    if args.base == "uniform":
+        base = {
+            "base_distribution": "uniform",
+            "log_length_mean": pairs.log_length_mean.tolist(),
+            "log_length_std": pairs.log_length_std.tolist(),
+        }
+    return CrystalFlowScheduler(
+        anti_annealing_slope=args.anti_annealing_slope,
+        anti_annealing_offset=args.anti_annealing_offset,
+        **base,
+    )
 
 
 def train_refiner(args: RefinerArguments) -> Path:
@@ -270,79 +275,77 @@ def train_refiner(args: RefinerArguments) -> Path:
         torch.set_num_threads(args.num_threads)
     folder = _resume_folder(args)  # before the pairs: a wrong --resume fails at once
     pairs, info = load_pairs(args)
+    scheduler = _scheduler(args, pairs, args.base_noise_std)
     torch.manual_seed(args.seed)
-    if folder is None:
-        sizes = {k: getattr(args, k) for k in MODEL_SIZES if getattr(args, k) is not None}
-        model = CSPNetModel(**sizes)
-    else:
-        model = CSPNetModel.from_pretrained(folder / "model")
+    sizes = {k: getattr(args, k) for k in MODEL_SIZES if getattr(args, k) is not None}
+    model = CSPNetModel(**sizes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, args.warmup_steps, args.max_steps, min_lr=args.min_learning_rate
     )
+    accelerator = Accelerator()
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     ema = EMAModel(model.parameters(), decay=args.ema_decay)
-    log: list[dict] = []
-    start = 0
+    progress = _Progress()
+    accelerator.register_for_checkpointing(ema, progress)
     if folder is not None:
-        state = torch.load(folder / TRAINING_STATE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        ema.load_state_dict(state["ema"])
-        start, log = state["step"], state["log"]
-        logger.info("resumed from %s at step %d", folder, start)
+        accelerator.load_state(folder)
+        logger.info("resumed from %s at step %d", folder, progress.step)
     model.train()
     n = len(pairs.x1)
     running, began = [], time.perf_counter()
     for step in tqdm(
-        range(start, args.max_steps), initial=start, total=args.max_steps, desc="refiner", unit=" steps"
+        range(progress.step, args.max_steps),
+        initial=progress.step,
+        total=args.max_steps,
+        desc="refiner",
+        unit=" steps",
     ):
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x0, x1 = pairs.batch(_batch_indices(step, args.batch_size, n, args.seed), generator)
+        x0, x1 = pairs.batch(_batch_indices(step, args.batch_size, n, args.seed), scheduler, generator)
         t = torch.rand(x1.num_crystals, generator=generator)
+        x0, x1, t = x0.to(accelerator.device), x1.to(accelerator.device), t.to(accelerator.device)
         target = interpolate((x0.frac_coords, x0.lattice), (x1.frac_coords, x1.lattice), t, x1.crystal_index)
         prediction = model(x1.atom_types, target.frac_coords, target.lattice, t, x1.crystal_index)
         loss = flow_matching_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         optimizer.step()
         schedule.step()
         ema.step(model.parameters())
         running.append(loss.item())
-        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
-            log.append(
+        progress.step = step + 1
+        if progress.step % args.logging_steps == 0 or progress.step == args.max_steps:
+            progress.log.append(
                 {
-                    "step": step + 1,
+                    "step": progress.step,
                     "loss": float(np.mean(running)),
                     "learning_rate": schedule.get_last_lr()[0],
                     "seconds": round(time.perf_counter() - began, 1),
                 }
             )
             running = []
-        if (step + 1) % args.save_steps == 0 and step + 1 < args.max_steps:
-            _save_checkpoint(
-                args.checkpoint_dir / f"checkpoint-{step + 1}", model, ema, optimizer, schedule, step + 1, log
-            )
-    return _finish(args, model, ema, pairs, log, info)
+        if progress.step % args.save_steps == 0 and progress.step < args.max_steps:
+            accelerator.save_state(str(args.checkpoint_dir / f"checkpoint-{progress.step}"))
+    model = accelerator.unwrap_model(model)
+    inference = _scheduler(args, pairs, _inference_noise(args))
+    return _finish(args, model, ema, inference, progress.log, info)
+
+
+def _inference_noise(args: RefinerArguments) -> float:
+    return args.base_noise_std if args.inference_noise_std is None else args.inference_noise_std
 
 
 def _finish(
-    args: RefinerArguments, model: CSPNetModel, ema: EMAModel, pairs: _Pairs, log: list[dict], info: dict
+    args: RefinerArguments,
+    model: CSPNetModel,
+    ema: EMAModel,
+    scheduler: CrystalFlowScheduler,
+    log: list[dict],
+    info: dict,
 ) -> Path:
     out = Path(args.output_dir)
     ema.copy_to(model.parameters())
-    noise = args.base_noise_std if args.inference_noise_std is None else args.inference_noise_std
-    base = {"base_noise_std": noise}
-    if args.base == "uniform":
-        base = {
-            "base_distribution": "uniform",
-            "log_length_mean": pairs.log_length_mean.tolist(),
-            "log_length_std": pairs.log_length_std.tolist(),
-        }
-    scheduler = CrystalFlowScheduler(
-        anti_annealing_slope=args.anti_annealing_slope,
-        anti_annealing_offset=args.anti_annealing_offset,
-        **base,
-    )
     CrystalRefinerPipeline(model=model.eval(), scheduler=scheduler).save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
     _plot_loss(log, out / "loss.png")
