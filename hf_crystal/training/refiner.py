@@ -33,7 +33,6 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_crystal.cache import cache_dir
-
 from hf_crystal.hub import push_folder, render_model_card
 from hf_crystal.refiner import (
     CrystalBatch,
