@@ -133,8 +133,9 @@ def dft_check(hull_path: Path, data: Path) -> None:
 def static_vs_relaxed(n: int, data: Path, batch_size: int) -> None:
     from chgnet.model import CHGNet
 
+    from hf_crystal.cache import cache_dir
     from hf_crystal.data import read_structures
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+    from hf_crystal.evaluation.relax import BatchedRelaxer
     from hf_crystal.evaluation.stability import static_energies
 
     ids, structures, _ = read_structures(data / "val.csv")
@@ -148,7 +149,7 @@ def static_vs_relaxed(n: int, data: Path, batch_size: int) -> None:
         for e, _ in static_energies(structures[start : start + batch_size], model)
     ]
     t_static = time.perf_counter() - t0
-    relaxer = BatchedRelaxer(model, cache_dir=default_cache_dir() / "relax")
+    relaxer = BatchedRelaxer(model, cache_dir=cache_dir("relax"))
     t0 = time.perf_counter()
     results = relaxer.relax(structures, desc="relax")
     t_relax = time.perf_counter() - t0

@@ -82,7 +82,12 @@ def main() -> None:
             continue
         argv = ["evaluate", str(path), "--reference", args.reference, "--out", str(report), "--threads", "1"]
         argv += ["--max-steps", str(args.max_steps)]
-        for flag, value in (("--train", args.train), ("--hull", args.hull), ("--limit", args.limit)):
+        for flag, value in (
+            ("--train", args.train),
+            ("--hull", args.hull),
+            ("--limit-reference", args.limit),
+            ("--limit-train", args.limit),
+        ):
             if value is not None:
                 argv += [flag, str(value)]
         jobs.append(_run(argv, log=args.out / f"eval-{name}.log"))

@@ -17,9 +17,10 @@ import time
 
 import torch
 
+from hf_crystal.cache import cache_dir
 from hf_crystal.data import read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
-from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+from hf_crystal.evaluation.relax import BatchedRelaxer
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.refiner import CrystalRefinerPipeline
 
@@ -51,7 +52,7 @@ def main() -> None:
     _, samples, skipped = read_structures(args.samples)
     samples = samples[: args.num]
     _, reference, _ = read_structures(args.reference)
-    relaxer = BatchedRelaxer(max_steps=args.max_steps, cache_dir=default_cache_dir() / "relax")  # resumable
+    relaxer = BatchedRelaxer(max_steps=args.max_steps, cache_dir=cache_dir("relax"))  # resumable
 
     def quality(structures) -> dict:
         flags = [validity_flags(s) for s in structures]

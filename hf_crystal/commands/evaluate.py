@@ -15,13 +15,7 @@ from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
 from hf_crystal.commands.generate import generation_record_path
-from hf_crystal.evaluation.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FMAX,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_OPTIMIZER,
-    OPTIMIZERS,
-)
+from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_from_args, set_threads
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,15 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="also relax structurally invalid samples (default: they are not relaxed and count as not stable)",
     )
-    p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
-    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
-    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
-    p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
-    p.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
-    p.add_argument(
-        "--limit", type=int, help="evaluate only the first N samples / reference / train structures"
-    )
+    add_relax_arguments(p)
+    for what in ("samples", "reference", "train"):
+        p.add_argument(
+            f"--limit-{what}", type=_positive, metavar="N", help=f"use only the first N {what} structures"
+        )
     p.add_argument(
         "--dataset",
         choices=["mp20", "carbon", "perov"],
@@ -101,6 +91,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _two_floats(text: str) -> tuple[float, float]:
@@ -175,13 +175,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--hull-set chooses the structures of --hull self-consistent; add that option")
     if args.hull and not self_consistent and not Path(args.hull).exists():
         raise FileNotFoundError(f"hull entries file not found: {args.hull}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    ids, samples, skipped = _read(args.samples, args.limit, "samples")
-    _, reference, _ = _read(args.reference, args.limit, "reference")
-    train = _read(args.train, args.limit, "train")[1] if args.train else []
+    set_threads(args)
+    ids, samples, skipped = _read(args.samples, args.limit_samples, "samples")
+    _, reference, _ = _read(args.reference, args.limit_reference, "reference")
+    train = _read(args.train, args.limit_train, "train")[1] if args.train else []
     if not samples and not skipped:
         raise ValueError(f"{args.samples} holds no structures")
     if not reference:
@@ -191,15 +188,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the relaxations
     relaxer = None
     if not args.no_relax:
-        from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
-
-        relaxer = BatchedRelaxer(
-            optimizer=args.optimizer,
-            fmax=args.fmax,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            cache_dir=args.cache_dir or default_cache_dir() / "relax",
-        )
+        relaxer = relaxer_from_args(args)
     asked, unreadable_asked = _sample_conditions(args, ids, skipped)
     result = compute_metrics(
         samples,

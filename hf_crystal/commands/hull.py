@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from hf_crystal.evaluation.defaults import DEFAULT_BATCH_SIZE
+from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_from_args, set_threads
 
 __all__ = ["add_parser"]
 
@@ -45,27 +45,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="elemental references for H-Pu (all, default) or only the elements in SOURCES",
     )
     build.add_argument("--batch-size", type=int, default=32, help="structures per CHGNet forward pass (32)")
-    build.add_argument(
-        "--relax-batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"elemental references relaxed together ({DEFAULT_BATCH_SIZE})",
-    )
-    build.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
-    build.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
+    add_relax_arguments(build, batch_flag="--relax-batch-size")
     build.set_defaults(func=run_build)
     return hull
 
 
 def run_build(args: argparse.Namespace) -> int:
     from hf_crystal.data import read_structures
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
     from hf_crystal.evaluation.stability import HULL_ELEMENTS, build_hull_file
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     if not args.out.name.endswith(".json.gz"):
         raise ValueError(f"--out must be a .json.gz file, got {args.out}")
     ids, structures, skipped = [], [], []
@@ -77,9 +66,7 @@ def run_build(args: argparse.Namespace) -> int:
         ids += more_ids
         structures += more
         skipped += [(name, f"unreadable: {why}") for name, why in unreadable]
-    relaxer = BatchedRelaxer(
-        batch_size=args.relax_batch_size, cache_dir=args.cache_dir or default_cache_dir() / "relax"
-    )
+    relaxer = relaxer_from_args(args)
     start = time.perf_counter()
     summary = build_hull_file(
         ids,

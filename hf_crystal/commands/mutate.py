@@ -9,13 +9,7 @@ import sys
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
-from hf_crystal.evaluation.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FMAX,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_OPTIMIZER,
-    OPTIMIZERS,
-)
+from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_from_args, set_threads
 
 __all__ = ["add_parser"]
 
@@ -33,13 +27,7 @@ def _hull(path: str | None):
     if path is not None:
         if not Path(path).exists():
             raise FileNotFoundError(f"hull entries file not found: {path}")
-        if hasattr(stability, "load_hull"):
-            return stability.load_hull(path)
-        return stability.HullReference(
-            stability.load_entries(path), f"user-supplied entries: {Path(path).name}"
-        )
-    if not hasattr(stability, "shipped_hull"):
-        raise UsageError("--hull FILE is required: this installation ships no default hull")
+        return stability.load_hull(path)
     return stability.shipped_hull()
 
 
@@ -58,13 +46,9 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
         )
     if args.structures and Path(args.structures).suffix.lower() not in (".cif", ".extxyz"):
         raise UsageError(f"--structures must end in .cif or .extxyz, got {Path(args.structures).name}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
 
     from hf_crystal.data import append_structures, read_structures
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
     from hf_crystal.mutation import (
         InfillProposer,
         RandomProposer,
@@ -100,13 +84,7 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
         proposer = InfillProposer(pipe, table, intersect=args.substitutions)
     else:
         proposer = RandomProposer(table, seed=args.seed)
-    relaxer = BatchedRelaxer(
-        optimizer=args.optimizer,
-        fmax=args.fmax,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir or default_cache_dir() / "relax",
-    )
+    relaxer = relaxer_from_args(args)
     result = mutation_search(
         list(zip(ids, seeds, strict=True)),
         proposer,
@@ -206,11 +184,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, help="use only the first N seeds")
     p.add_argument("--seed", type=int, default=0, help="seeds the element draws and random proposals (0)")
     p.add_argument("--structures", help="also append accepted relaxed candidates to this .cif or .extxyz")
-    p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
-    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
-    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
-    p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    add_relax_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_mutate)

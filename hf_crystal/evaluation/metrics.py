@@ -351,7 +351,8 @@ class _Hull:
 
 
 def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) -> _Hull:
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+    from hf_crystal.cache import cache_dir
+    from hf_crystal.evaluation.relax import BatchedRelaxer
     from hf_crystal.evaluation.stability import (
         SELF_CONSISTENT,
         HullReference,
@@ -360,7 +361,7 @@ def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) ->
         shipped_hull,
     )
 
-    relaxer = relaxer or BatchedRelaxer(cache_dir=default_cache_dir() / "relax")
+    relaxer = relaxer or BatchedRelaxer(cache_dir=cache_dir("relax"))
     if hull_entries is None:
         return _Hull(shipped_hull(), relaxer)
     if not isinstance(hull_entries, str | Path):

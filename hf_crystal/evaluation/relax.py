@@ -103,13 +103,6 @@ def structure_key(structure: Structure, settings: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def default_cache_dir() -> Path:
-    """``$HF_CRYSTAL_CACHE`` or ``~/.cache/hf_crystal`` (``$XDG_CACHE_HOME`` honoured)."""
-    if os.environ.get("HF_CRYSTAL_CACHE"):
-        return Path(os.environ["HF_CRYSTAL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_crystal"
-
-
 class RelaxCache:
     """One JSON file per relaxed structure, written atomically as soon as the structure finishes."""
 

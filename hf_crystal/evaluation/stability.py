@@ -442,7 +442,8 @@ def build_hull_file(
     counted in the file with the structures that fail here. Returns the file's summary
     (everything but the entries).
     """
-    from hf_crystal.evaluation.relax import BatchedRelaxer, default_cache_dir
+    from hf_crystal.cache import cache_dir
+    from hf_crystal.evaluation.relax import BatchedRelaxer
 
     if len(ids) != len(structures):
         raise HullError(f"{len(ids)} ids for {len(structures)} structures")
@@ -458,7 +459,7 @@ def build_hull_file(
         from chgnet.model import CHGNet
 
         model = relaxer.model if relaxer is not None else CHGNet.load(verbose=False, use_device="cpu")
-    relaxer = relaxer or BatchedRelaxer(model, cache_dir=default_cache_dir() / "relax")
+    relaxer = relaxer or BatchedRelaxer(model, cache_dir=cache_dir("relax"))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = {"model": f"chgnet-{model.version}", "energies": "static (CHGNet at the given geometries)"}

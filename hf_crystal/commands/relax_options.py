@@ -1,0 +1,62 @@
+"""The relaxation options of `evaluate`, `mutate` and `hull build`: one set of flags, one way to build the relaxer.
+
+Importing this module stays cheap: the defaults come from `hf_crystal.evaluation.defaults` (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_crystal.evaluation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FMAX,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+)
+
+__all__ = ["add_relax_arguments", "relaxer_from_args", "set_threads"]
+
+
+def add_relax_arguments(parser: argparse.ArgumentParser, *, batch_flag: str = "--batch-size") -> None:
+    """Add CHGNet relaxation flags (--fmax, --max-steps, --optimizer, the batch size, --cache-dir, --threads)."""
+    parser.add_argument(
+        "--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})"
+    )
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
+    parser.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
+    parser.add_argument(
+        batch_flag,
+        dest="relax_batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"structures relaxed together ({DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply --threads to torch (before any model runs)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def relaxer_from_args(args: argparse.Namespace):
+    """The `BatchedRelaxer` the flags of `add_relax_arguments` describe (cached in `cache_dir("relax")` by
+    default)."""
+    from hf_crystal.cache import cache_dir
+    from hf_crystal.evaluation.relax import BatchedRelaxer
+
+    return BatchedRelaxer(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+        batch_size=args.relax_batch_size,
+        cache_dir=args.cache_dir or cache_dir("relax"),
+    )
