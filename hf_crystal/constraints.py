@@ -441,9 +441,9 @@ class CrystalLogitsProcessor(LogitsProcessor):
     Args:
         tokenizer: the model's tokenizer; it needs single tokens for the digits, ".", " ", "\\n", the letters
             of the element symbols, and an EOS token (ConstraintError otherwise).
-        constraints: one `CrystalConstraint` for every row, or one per prompt.
+        constraints: one `CrystalConstraint` for every row, or one per row (expand the prompts to one row per
+            sample, as `hf_crystal.generation_utils.generate_rows` expects, rather than `num_return_sequences`).
         prompt_length: width of the (left-padded) prompt batch: generated tokens start at this column.
-        num_return_sequences: rows per prompt; row r belongs to prompt r // num_return_sequences.
 
     Works with sampling, greedy and beam search: rows are recognised by their generated tokens, not by
     position. Rows that have written EOS are left alone (generate pads them).
@@ -461,10 +461,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
         tokenizer: PreTrainedTokenizerBase,
         constraints: CrystalConstraint | Sequence[CrystalConstraint],
         prompt_length: int,
-        num_return_sequences: int = 1,
     ):
-        if num_return_sequences < 1:
-            raise ConstraintError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
         if prompt_length < 0:
             raise ConstraintError(f"prompt_length must be >= 0, got {prompt_length}")
         vocabulary = _vocabulary(tokenizer)
@@ -477,7 +474,6 @@ class CrystalLogitsProcessor(LogitsProcessor):
         self._eos = vocabulary.eos
         self._vocab_size = len(tokenizer)
         self._prompt_length = prompt_length
-        self._per_prompt = num_return_sequences
         self._row_rules: list[_Rule] | None = (
             None  # the rule of each row, fixed by the first call (or select)
         )
@@ -489,12 +485,12 @@ class CrystalLogitsProcessor(LogitsProcessor):
         """Fix the rule of each of `batch` rows."""
         if self._single:
             rules = self._rules * batch
-        elif batch != len(self._rules) * self._per_prompt:
+        elif batch != len(self._rules):
             raise ConstraintError(
-                f"batch of {batch} rows, but {len(self._rules)} constraints x {self._per_prompt} sequences per prompt"
+                f"batch of {batch} rows, but {len(self._rules)} constraints: give one per row (or a single one)"
             )
         else:
-            rules = [rule for rule in self._rules for _ in range(self._per_prompt)]
+            rules = self._rules
         self._row_rules = rules
         self._limit = np.array([rule.limit for rule in rules], dtype=np.int64)
         self._exact = np.array([rule.exact for rule in rules], dtype=bool)
@@ -509,7 +505,6 @@ class CrystalLogitsProcessor(LogitsProcessor):
         other.__dict__.update(self.__dict__)
         other._single = False
         other._rules = [self._row_rules[i] for i in index]
-        other._per_prompt = 1
         other._row_rules = other._rules
         other._limit, other._exact = self._limit[index], self._exact[index]
         other._rows = self._rows.take(index)

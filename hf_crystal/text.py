@@ -40,6 +40,11 @@ LENGTH_RANGE = (1e-2, 1e4)
 _MIN_REDUCED_VOLUME = 1e-6
 
 
+#: Text formats `decode` reads: "xyz", Gruver et al.'s lattice + one element and coordinates line per site.
+FORMATS = ("xyz",)
+DEFAULT_FORMAT = "xyz"
+
+
 class CrystalParseError(ValueError):
     """Text that does not describe a crystal; `line` is the 1-based line number, if one is at fault."""
 
@@ -143,11 +148,17 @@ def _lattice(abc: list[float], angles: list[float], linenos: tuple[int, int]) ->
     return Lattice.from_parameters(*abc, *angles)
 
 
-def decode(text: str) -> Structure:
+def decode(text: str, format: str = DEFAULT_FORMAT) -> Structure:
     """Parse crystal text into a `Structure`; raise `CrystalParseError` for anything else.
 
     Blank lines and surrounding spaces are ignored; coordinates outside [0, 1) are wrapped.
+
+    Args:
+        text (`str`): What a model wrote (the completion, without the prompt).
+        format (`str`): The text format, one of `FORMATS`.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown crystal text format {format!r}; known: {FORMATS}")
     if not isinstance(text, str):
         raise CrystalParseError(f"expected a string, got {type(text).__name__}")
     numbered = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -175,9 +186,9 @@ def decode(text: str) -> Structure:
     return Structure(lattice, species, np.mod(coords, 1.0))
 
 
-def try_decode(text: str) -> tuple[Structure | None, CrystalParseError | None]:
+def try_decode(text: str, format: str = DEFAULT_FORMAT) -> tuple[Structure | None, CrystalParseError | None]:
     """`decode` for bulk use: (structure, None) on success, (None, error) otherwise."""
     try:
-        return decode(text), None
+        return decode(text, format), None
     except CrystalParseError as err:
         return None, err

@@ -67,4 +67,6 @@ def loopback_only():
 
     names = [name for _, name in socket.if_nameindex()]
     if names != ["lo"]:
-        pytest.skip(f"needs a loopback-only network namespace (run under scripts/loopback-only); have {names}")
+        pytest.skip(
+            f"needs a loopback-only network namespace (run under scripts/loopback-only); have {names}"
+        )

@@ -42,7 +42,10 @@ def sample(setup, constraints, prompts, *, per_prompt=1, constrained=True, **kwa
     tokenizer, model = setup
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     width = batch.input_ids.shape[1]
-    processors = [CrystalLogitsProcessor(tokenizer, constraints, width, per_prompt)] if constrained else []
+    rows = (
+        [c for c in constraints for _ in range(per_prompt)] if isinstance(constraints, list) else constraints
+    )
+    processors = [CrystalLogitsProcessor(tokenizer, rows, width)] if constrained else []
     budget = max(c.max_new_tokens for c in (constraints if isinstance(constraints, list) else [constraints]))
     generation = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": budget}
     generation |= kwargs
@@ -275,7 +278,7 @@ def test_typed_errors():
     with pytest.raises(ConstraintError, match="max_sites"):
         CrystalConstraint(max_sites=0)
     processor = CrystalLogitsProcessor(tokenizer, [CrystalConstraint()] * 2, prompt_length=0)
-    with pytest.raises(ConstraintError, match="batch of 3 rows, but 2 constraints x 1"):
+    with pytest.raises(ConstraintError, match="batch of 3 rows, but 2 constraints"):
         processor(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, len(tokenizer)))
     with pytest.raises(ConstraintError, match="resize the model's embeddings"):
         processor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, len(tokenizer) - 1))

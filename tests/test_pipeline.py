@@ -143,7 +143,8 @@ def test_prompts_are_built_as_in_training(pipe, monkeypatch):
         formula_units="cell",
     )
     assert [len(group) for group in out] == [2, 2, 2]
-    assert sorted(seen) == sorted(generation_prompt(c) for c in conditions)
+    # One prompt row per sample (the pipeline expands the prompts before `generate`).
+    assert sorted(seen) == sorted(generation_prompt(c) for c in conditions for _ in range(2))
 
 
 @pytest.mark.parametrize("constrain", [True, False])
@@ -406,10 +407,10 @@ def test_append_layer_matches_dynamic_layer():
     operation generate uses (growth past its spare room, crop, batch selection, beam reordering)."""
     from transformers.cache_utils import DynamicLayer
 
-    from hf_crystal.pipeline_crystal import _AppendLayer
+    from hf_crystal.generation_utils import AppendLayer
 
     torch.manual_seed(0)
-    ours, reference = _AppendLayer(), DynamicLayer()
+    ours, reference = AppendLayer(), DynamicLayer()
 
     def update(new):
         states = (torch.randn(reference.keys.shape[0] if reference.is_initialized else 4, 2, new, 3),) * 2
@@ -435,7 +436,7 @@ def test_append_layer_matches_dynamic_layer():
 
 
 def test_generation_uses_the_append_cache_unless_told_otherwise(pipe, monkeypatch):
-    from hf_crystal.pipeline_crystal import _AppendLayer
+    from hf_crystal.generation_utils import AppendLayer
 
     seen = []
     generate = pipe.model.generate
@@ -443,7 +444,7 @@ def test_generation_uses_the_append_cache_unless_told_otherwise(pipe, monkeypatc
     pipe(1, max_sites=2)
     pipe(1, constrain=False, max_new_tokens=4, use_cache=False)
     pipe(1, constrain=False, max_new_tokens=4, cache_implementation="static")
-    assert all(isinstance(layer, _AppendLayer) for layer in seen[0].layers)
+    assert all(isinstance(layer, AppendLayer) for layer in seen[0].layers)
     assert seen[1:] == [None, None]
 
 
