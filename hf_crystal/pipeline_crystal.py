@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 from torch.nn.utils.rnn import pad_sequence
-from transformers import GenerationConfig, Pipeline, set_seed
+from transformers import Pipeline, set_seed
 
 from hf_crystal import embedded
 from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.generation_utils import generate_rows
 from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
+from hf_crystal.sampling import generation_config, model_setting
 from hf_crystal.text import DEFAULT_FORMAT, try_decode
 from hf_crystal.tokenization import prepare_for_batched_generation
 
@@ -48,9 +49,6 @@ __all__ = ["CrystalGenerationPipeline"]
 
 logger = logging.getLogger(__name__)
 
-# Gruver et al. sampled with temperature and top_p 0.9 (their script's default).
-DEFAULT_TEMPERATURE = 0.9
-DEFAULT_TOP_P = 0.9
 # Resampling cap of `until_valid`: total samples per requested crystal.
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -67,10 +65,12 @@ class CrystalGenerationPipeline(Pipeline):
             frequencies (the most frequent one when greedy) and prompted and constrained as that whole cell;
             "cell" for the counts as given; an int for that Z. A condition dict may set its own.
         elements: restrict constrained decoding to these element symbols.
-        max_sites: the most sites a constrained sample (and an "any" formula's cell) may have.
+        max_sites: the most sites a constrained sample (and an "any" formula's cell) may have (default: the
+            model's generation config `max_sites`, else 64).
         until_valid: resample each invalid slot, at most `max_attempts` samples per slot (validity of the
             LLM's structure, before refinement).
-        refine_steps: Euler steps of the refiner (default: the refiner's own default).
+        refine_steps: Euler steps of the refiner (default: the model's generation config `refine_steps`, else the
+            refiner's own default).
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.
@@ -81,11 +81,7 @@ class CrystalGenerationPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _pipeline_calls_generate = True
-    # Unconstrained budget: 1024 new tokens hold about 55 sites with a one-character-per-digit tokenizer;
-    # constrained generation takes the constraint's own budget unless max_new_tokens is given.
-    _default_generation_config = GenerationConfig(
-        do_sample=True, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_new_tokens=1024
-    )
+    _default_generation_config = generation_config()  # below the model's own (hf_crystal.sampling)
 
     def __init__(self, *args, refiner="auto", **kwargs):
         super().__init__(*args, **kwargs)
@@ -161,7 +157,8 @@ class CrystalGenerationPipeline(Pipeline):
     def preprocess(
         self, conditions: Mapping, constrain: bool = True, elements=None, max_sites=None, formula_units="any"
     ) -> dict:
-        max_sites = DEFAULT_MAX_SITES if max_sites is None else max_sites
+        if max_sites is None:
+            max_sites = model_setting(self.model, "max_sites", DEFAULT_MAX_SITES)
         cells, weights, formula_units = condition_cells(conditions, formula_units, max_sites)
         encoded = [self._encode(c, constrain, elements, max_sites) for c in cells]
         for item in encoded:
@@ -285,6 +282,7 @@ class CrystalGenerationPipeline(Pipeline):
     def _refine(self, samples: list[dict], refine_steps: int | None) -> list:
         """The refined structure of each sample, None where the LLM's text does not parse."""
         parsed = [s["structure"] for s in samples if s["structure"] is not None]
+        refine_steps = refine_steps or model_setting(self.model, "refine_steps")
         options = {} if refine_steps is None else {"num_inference_steps": refine_steps}
         refined = iter(
             self.refiner(parsed, batch_size=max(len(parsed), 1), **options).structures if parsed else []

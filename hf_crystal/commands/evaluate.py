@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_crystal.commands.errors import UsageError
+from hf_crystal.commands.errors import UsageError, positive_int
 from hf_crystal.commands.generate import generation_record_path
 from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_from_args, set_threads
 
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_relax_arguments(p)
     for what in ("samples", "reference", "train"):
         p.add_argument(
-            f"--limit-{what}", type=_positive, metavar="N", help=f"use only the first N {what} structures"
+            f"--limit-{what}", type=positive_int, metavar="N", help=f"use only the first N {what} structures"
         )
     p.add_argument(
         "--dataset",
@@ -91,16 +91,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_evaluate)
     return p
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def _two_floats(text: str) -> tuple[float, float]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_crystal.commands.errors import UsageError
+from hf_crystal.commands.errors import UsageError, positive_int
 from hf_crystal.embedded import DEFAULT_MODEL
+from hf_crystal.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 
 __all__ = ["add_parser", "generation_record_path"]
 
@@ -220,7 +221,7 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="also load pickle weights (pytorch_model.bin) when a model has no safetensors: only for sources you trust",
     )
-    gen.add_argument("--num", type=int, default=10, help="number of samples (default 10)")
+    gen.add_argument("--num", type=positive_int, default=10, help="number of samples (default 10)")
     gen.add_argument(
         "--formula",
         help="condition: chemical formula, e.g. NaCl (constrains the composition, see --formula-units)",
@@ -242,20 +243,38 @@ def add_parser(subparsers) -> None:
         '(a conditional benchmark in one run; --num is the count of lines without one; "formula_units" on a '
         "line overrides --formula-units)",
     )
-    gen.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default 0.9)")
-    gen.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
-    gen.add_argument("--max-new-tokens", type=int, help="token budget per sample (default 1024)")
-    gen.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        help=f"sampling temperature (0: greedy; default: the model's, else {TEMPERATURE})",
+    )
+    gen.add_argument("--top-p", type=float, help=f"nucleus sampling (default: the model's, else {TOP_P})")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        help=f"token budget per sample (default: the constraint's, else the model's, else {MAX_NEW_TOKENS})",
+    )
+    gen.add_argument(
+        "--batch-size", type=positive_int, default=8, help="samples per generate call (default 8)"
+    )
     gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
-    gen.add_argument("--max-sites", type=int, help="most sites per crystal (default 64; MP-20 models: 20)")
+    gen.add_argument(
+        "--max-sites",
+        type=positive_int,
+        help="most sites per crystal (default: the model's generation config, e.g. 20 for the MP-20 models; else 64)",
+    )
     gen.add_argument(
         "--refiner",
         help="FlowLLM refiner (folder or Hub id) applied to every parsed sample (default: the one the model "
         "comes with, which only the embedded default model has)",
     )
     gen.add_argument("--no-refiner", action="store_true", help="no refiner, not even the model's own")
-    gen.add_argument("--refine-steps", type=int, help="Euler steps of the refiner (default 10)")
+    gen.add_argument(
+        "--refine-steps",
+        type=positive_int,
+        help="Euler steps of the refiner (default: the model's generation config, else the refiner's: 10)",
+    )
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
     gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")
     gen.set_defaults(func=_cmd_generate)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import GenerationConfig, LlamaForCausalLM, TrainerCallback, set_seed
+from transformers import LlamaForCausalLM, TrainerCallback, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from hf_crystal.embedded import resolve
 from hf_crystal.prompts import TaskMix
+from hf_crystal.sampling import generation_config
 from hf_crystal.tokenization import build_crystal_tokenizer
 from hf_crystal.training.common import (
     CrystalScriptArguments,
@@ -52,10 +53,6 @@ BASE_DEFAULTS: dict[str, Any] = {
 }
 # ModelConfig options of `train base`: the others describe a pretrained base for `train lora`.
 _MODEL_OPTIONS = ("attn_implementation", "model_name_or_path", "model_revision")
-# Gruver et al. 2024 sampling script defaults: temperature 0.9, top_p 0.9, 500 new tokens.
-SAMPLING_TEMPERATURE = 0.9
-SAMPLING_TOP_P = 0.9
-MAX_NEW_TOKENS = 500
 
 
 @dataclass
@@ -142,15 +139,7 @@ def train_base(
             )
     else:
         model = LlamaForCausalLM(llama_config(script_args.preset, tokenizer, **overrides))
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=True,
-        temperature=SAMPLING_TEMPERATURE,
-        top_p=SAMPLING_TOP_P,
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
+    model.generation_config = generation_config(tokenizer)
     args = trainer_args(training_args)
     resume = resume_checkpoint(script_args, training_args)
     structures, properties = load_task_structures(script_args, seed=training_args.seed)

@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from hf_crystal.prompts import format_formula
+from hf_crystal.sampling import TEMPERATURE, TOP_P
 
 __all__ = ["PairSettings", "assign_atoms", "build_pairs", "pairs_cache_key", "transport_cost"]
 
@@ -89,8 +90,8 @@ def transport_cost(x0: Structure, x1: Structure, order: Sequence[int] | None = N
 class PairSettings:
     """How x0 is drawn from the LLM; part of the cache key."""
 
-    temperature: float = 0.9
-    top_p: float = 0.9
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
     seed: int = 0
     batch_size: int = 64
 

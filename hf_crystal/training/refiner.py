@@ -42,6 +42,7 @@ from hf_crystal.refiner import (
     flow_matching_loss,
     interpolate,
 )
+from hf_crystal.sampling import TEMPERATURE, TOP_P
 from hf_crystal.training.common import (
     CHECKPOINT_SUBDIR,
     DataArguments,
@@ -89,8 +90,8 @@ class RefinerArguments(DataArguments):
     )
     llm_revision: str | None = field(default=None, metadata={"help": "Hub revision of --llm"})
     llm_batch_size: int = field(default=64, metadata={"help": "prompts per generate call for the pairs"})
-    llm_temperature: float = 0.9
-    llm_top_p: float = 0.9
+    llm_temperature: float = TEMPERATURE
+    llm_top_p: float = TOP_P
     pairs_cache_dir: str | None = field(
         default=None, metadata={"help": "cache of LLM pairs (default ~/.cache/hf_crystal/refiner_pairs)"}
     )
