@@ -51,7 +51,9 @@ def test_relative_links_resolve(page):
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
         if not file.exists():
-            broken.append(f"{target}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}")
+            broken.append(
+                f"{target}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}"
+            )
         elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
             broken.append(f"{target}: no heading with anchor #{anchor} in {file.name}")
     assert not broken, f"{page.name}: " + "; ".join(broken)
