@@ -30,7 +30,7 @@ from hf_crystal.testing import llama_style_tokenizer, tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, try_decode
 from hf_crystal.tokenization import build_crystal_tokenizer
 
-# The crystal format as a regular expression (SPEC 2), the part a library can enforce.
+# The crystal format (Gruver et al. 2024, `hf_crystal.text`) as a regular expression, the part a library can enforce.
 LENGTH = r"[1-9][0-9]{0,2}\.[0-9]"
 ANGLE = r"(?:[1-9]|[1-9][0-9]|1[0-7][0-9])"
 ELEMENT = "(?:" + "|".join(ELEMENT_SYMBOLS) + ")"

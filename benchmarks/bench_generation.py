@@ -4,7 +4,7 @@
 
 For every batch size, the same number of samples (max(--num, batch)) is drawn constrained and unconstrained
 (same seed) in one run; the table gives samples/s, parsed structures/s, generated tokens/s, the fractions that
-decode and are structurally / compositionally valid (SPEC 5), and:
+decode and are structurally / compositionally valid (CDVAE's validity, Xie et al. 2022), and:
 
 - gain: structures/s over those of the first batch size (the same constrained setting, this run);
 - roofline: tokens/s as a fraction of the matmul roofline, (fp32 matmul FLOP/s) / (2 x parameters): the
@@ -14,17 +14,16 @@ decode and are structurally / compositionally valid (SPEC 5), and:
   costs its share of the matmuls (2 x parameters FLOP at the measured matmul FLOP/s) plus reading its
   key/value cache (every earlier position, all layers; at the measured memory read bandwidth) and its share of
   the weights (read once per decoding step of the batch). With a small model and long texts the cache, not the
-  weights, is what a large batch reads most (issue 11), so the matmul roofline alone is not attainable;
+  weights, is what a large batch reads most, so the matmul roofline alone is not attainable;
 - time ratio: constrained / unconstrained seconds (the cost of the constraints).
 
 --compile wraps the model's forward in `torch.compile(dynamic=True)`: with transformers' dynamic key/value cache
 the cache update breaks the graph and each layer index recompiles, and on this 2-core CPU it was slower than eager
-at batch 1 and 64 (issue 11's closing note has the table); the static cache that compiles whole attends over its
+at batch 1 and 64 (docs/benchmarks.md has the figures); the static cache that compiles whole attends over its
 full length every step.
 
-Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core: with 2
-threads and a load average of 10 on 2 cores, batch 1 unconstrained had not finished 64 samples after 39 minutes
-(issue 11); use --threads 2 on an idle machine to measure its ceiling. The load average is printed at the start
+Threads: 1 by default. On a loaded machine a second torch (OpenMP) thread mostly waits for a busy core
+(docs/benchmarks.md); use --threads 2 on an idle machine to measure its ceiling. The load average is printed at the start
 and the end.
 """
 
@@ -114,7 +113,7 @@ def main() -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile(dynamic=True) the model's forward (issue 11: slower on this CPU, see the docstring)",
+        help="torch.compile(dynamic=True) the model's forward (slower on this CPU, see the docstring)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
         --steps 10 100 --reference val_report.csv [--num 256] [--relax 64] [--threads 1]
 
 Every refiner refines the first `--num` readable samples at every step count (timed: structures/s);
-validity (SPEC 5) is measured on all of them, and the distance to the CHGNet-relaxed structures
+validity (CDVAE's, Xie et al. 2022) is measured on all of them, and the distance to the CHGNet-relaxed structures
 (`compute_metrics`: match rate, RMSD, energy drop, with `--max-steps` relaxation steps at most) on the
 structurally valid ones among the first `--relax` (n_relaxed; 0 skips it). The LLM samples themselves are
 the "0 steps" row. Prints one table.

@@ -56,6 +56,13 @@ def test_formula_units_flag_reaches_the_samples(tiny_model, tmp_path, capsys):
     assert not (tmp_path / "none.csv").exists()  # refused before the model loads
 
 
+def test_out_in_a_folder_that_does_not_exist_yet(tiny_model, tmp_path):
+    out = tmp_path / "outputs" / "quickstart" / "samples.cif"  # the README's quickstart on a fresh clone
+    assert main(["generate", "--model", str(tiny_model), "--num", "2", "--seed", "0", "--out", str(out)]) == 0
+    assert out.read_text().count("data_") == 2
+    assert json.loads((out.parent / "samples.generation.json").read_text())["seed"] == 0
+
+
 def test_batches_cover_every_sample_once_and_resume_mid_set():
     plan = [({"formula": "NaCl"}, 5), ({"spacegroup": 225}, 3)]
     full = list(_batches(plan, 0, 2))

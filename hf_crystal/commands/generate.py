@@ -53,6 +53,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for key in ("temperature", "top_p", "max_new_tokens", "max_sites", "formula_units"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as SampleWriter would, but the record comes first
     _write_generation_record(
         args, plan, options, pipe.model, [writer.path, *([llm_writer.path] if llm_writer else [])]
     )
