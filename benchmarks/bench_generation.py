@@ -36,7 +36,7 @@ from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal.evaluation.validity import validity_flags
-from hf_crystal.hub import load_crystal_model
+from hf_crystal.loading import load_crystal_model
 from hf_crystal.prompts import generation_prompt
 
 

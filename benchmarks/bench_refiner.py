@@ -50,7 +50,7 @@ def random_structures(n: int, seed: int) -> list[Structure]:
 
 def load_structures(path: Path, n: int, seed: int) -> tuple[list[Structure], str]:
     if path.exists():
-        from hf_crystal.data import read_structures
+        from hf_crystal.structure_io import read_structures
 
         _, structures, _ = read_structures(path)
         return structures[:n], str(path)

@@ -41,7 +41,7 @@ EV_A3_PER_GPA = 1 / 160.21766208
 
 def load_structures(path: Path, n: int, rattle: float, seed: int) -> tuple[list[Structure], str]:
     if path.exists():
-        from hf_crystal.data import read_structures
+        from hf_crystal.structure_io import read_structures
 
         _, structures, _ = read_structures(path)
         source = str(path)

@@ -15,7 +15,7 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from tqdm.auto import tqdm
 
-from hf_crystal.data import iter_records
+from hf_crystal.structure_io import iter_records
 from hf_crystal.text import decode, encode
 
 

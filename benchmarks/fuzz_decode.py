@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from hf_crystal.data import read_structures
+from hf_crystal.structure_io import read_structures
 from hf_crystal.text import CrystalParseError, decode, encode
 
 ALPHABET = list("0123456789-+.eE naNifINFXxLn[]MASK\n\t") + ["Na", "Cl", "Og", "1e400", "nan", "-0"]

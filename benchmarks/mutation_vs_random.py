@@ -39,7 +39,7 @@ PROPOSERS = {
 
 def _seeds(args: argparse.Namespace, out: Path) -> int:
     """Write OUT/seeds.cif (ids perov-<id> / mp20-<id>) unless it exists; returns the number of seeds."""
-    from hf_crystal.data import append_structures, read_structures
+    from hf_crystal.structure_io import append_structures, read_structures
 
     path = out / "seeds.cif"
     if path.exists():

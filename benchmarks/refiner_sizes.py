@@ -18,11 +18,11 @@ import time
 import torch
 
 from hf_crystal.cache import cache_dir
-from hf_crystal.data import read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
 from hf_crystal.evaluation.relax import BatchedRelaxer
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.refiner import CrystalRefinerPipeline
+from hf_crystal.structure_io import read_structures
 
 COLUMNS = (
     "struct_valid",

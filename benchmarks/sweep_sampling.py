@@ -21,9 +21,9 @@ import numpy as np
 from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
-from hf_crystal.data import append_structures, read_structures
 from hf_crystal.evaluation.metrics import compute_metrics
-from hf_crystal.hub import load_crystal_model
+from hf_crystal.loading import load_crystal_model
+from hf_crystal.structure_io import append_structures, read_structures
 
 COLUMNS = {
     "struct_valid": "struct. valid",

@@ -19,8 +19,8 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the crystal tasks)
-from hf_crystal.data import SampleWriter
 from hf_crystal.evaluation.validity import validity_flags
+from hf_crystal.structure_io import SampleWriter
 
 FORMULAS = ("SrTiO3", "LiFePO4")  # MP-20 compositions: a perovskite and an olivine
 

@@ -2,7 +2,7 @@
 
 `models/` in the repository (installed as the package data `hf_crystal.models`) holds Hub-shaped folders,
 each named as the last part of its Hub id, exactly as `hf-crystal push` uploads them. Everything in hf-crystal
-that loads a model, adapter or refiner by Hub id (`hf_crystal.hub.load_crystal_model`,
+that loads a model, adapter or refiner by Hub id (`hf_crystal.loading.load_crystal_model`,
 `CrystalRefinerPipeline.from_pretrained`, the pipeline task defaults, the CLI) first calls `resolve`: an
 embedded id at the default revision becomes its folder, so the default adapter's reference to its base
 (`adapter_config.json`: `base_model_name_or_path`) resolves with `HF_HUB_OFFLINE=1` too. An explicit revision
@@ -104,7 +104,7 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> tuple[s
 def refiner_for(model, revision: str | None = None) -> str | None:
     """Hub id of the refiner that comes with `model`, or None.
 
-    `model` is a Hub id (at `revision`) or a model loaded by `hf_crystal.hub.load_crystal_model`, which names
+    `model` is a Hub id (at `revision`) or a model loaded by `hf_crystal.loading.load_crystal_model`, which names
     an embedded model by its Hub id (`name_or_path`). Only the embedded entries name a refiner.
     """
     name = model if isinstance(model, str | Path) else getattr(model, "name_or_path", None)

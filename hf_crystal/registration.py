@@ -54,7 +54,7 @@ class EmbeddedDefault(str):
 
 class CrystalModelForCausalLM:
     """The model class the crystal tasks register (`pt_model`): `AutoModelForCausalLM`, except for a task default
-    (`EmbeddedDefault`), loaded with `hf_crystal.hub.load_crystal_model` (embedded base, adapter merged)."""
+    (`EmbeddedDefault`), loaded with `hf_crystal.loading.load_crystal_model` (embedded base, adapter merged)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -62,7 +62,7 @@ class CrystalModelForCausalLM:
 
         if not isinstance(pretrained_model_name_or_path, EmbeddedDefault):
             return AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        from hf_crystal.hub import load_crystal_model
+        from hf_crystal.loading import load_crystal_model
 
         model_id, revision = pretrained_model_name_or_path.model_id, kwargs.get("revision")
         folder = EMBEDDED[model_id].folder

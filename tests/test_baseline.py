@@ -10,7 +10,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from hf_crystal.baseline import random_like
 from hf_crystal.commands import main
-from hf_crystal.data import append_structures, read_structures
+from hf_crystal.structure_io import append_structures, read_structures
 
 
 def samples() -> list[tuple[str, Structure]]:

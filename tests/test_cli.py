@@ -11,7 +11,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from hf_crystal.commands import main
-from hf_crystal.data import read_structures, read_text_blocks
+from hf_crystal.structure_io import read_structures, read_text_blocks
 from hf_crystal.text import decode, encode
 
 STRUCTURES = list(structures().values())[:4]

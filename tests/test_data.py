@@ -15,13 +15,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from hf_crystal.commands import main
-from hf_crystal.data import (
-    DataFormatError,
-    build_dataset,
-    load_crystal_dataset,
-    read_structures,
-    save_dataset,
-)
+from hf_crystal.data import build_dataset, load_crystal_dataset, save_dataset
+from hf_crystal.structure_io import DataFormatError, read_structures
 from hf_crystal.text import decode
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -275,7 +270,7 @@ def test_build_fails_clearly_when_the_folder_does_not_load_back(tmp_path, cdvae_
 @pytest.mark.parametrize("suffix", [".cif", ".extxyz", ".csv", ".jsonl"])
 def test_samples_with_overlapping_atoms_read_back_exactly(tmp_path, suffix):
     """CIF readers merge coinciding sites; a generated sample may have two atoms on one spot and must survive."""
-    from hf_crystal.data import SampleWriter
+    from hf_crystal.structure_io import SampleWriter
     from hf_crystal.text import encode
 
     overlapping = Structure(

@@ -22,9 +22,9 @@ from pymatgen.core import Composition
 from transformers import AutoModelForCausalLM
 
 from hf_crystal import embedded
-from hf_crystal.data import read_structures
 from hf_crystal.embedded import BASE_MODEL, DEFAULT_MODEL, DEFAULT_REFINER, EMBEDDED
 from hf_crystal.hub import folder_kind
+from hf_crystal.structure_io import read_structures
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {BASE_MODEL: "base", DEFAULT_MODEL: "adapter", DEFAULT_REFINER: "refiner"}

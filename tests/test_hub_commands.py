@@ -9,9 +9,10 @@ from huggingface_hub import HfApi
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from hf_crystal.cards import render_dataset_card
 from hf_crystal.commands import main
 from hf_crystal.data import build_dataset, save_dataset
-from hf_crystal.hub import HubFolderError, folder_kind, pull, render_dataset_card
+from hf_crystal.hub import HubFolderError, folder_kind, pull
 from hf_crystal.refiner import CrystalFlowScheduler, CrystalRefinerPipeline, CSPNetModel
 from hf_crystal.testing import save_tiny_llama
 

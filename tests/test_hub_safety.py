@@ -12,8 +12,9 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_crystal.hub import PushError, load_crystal_model, pull, push_folder
+from hf_crystal.hub import PushError, pull, push_folder
 from hf_crystal.hub_access import UnsafeWeightsError
+from hf_crystal.loading import load_crystal_model
 from hf_crystal.refiner import CrystalFlowScheduler, CrystalRefinerPipeline, CSPNetModel
 from hf_crystal.testing import save_tiny_llama, tiny_llama
 from hf_crystal.tokenization import build_crystal_tokenizer
@@ -97,7 +98,7 @@ def test_interrupted_push_leaves_the_repo_at_its_previous_commit(tmp_path, hub_s
 OFFLINE_SCRIPT = """
 import sys
 from hf_crystal.data import load_crystal_dataset
-from hf_crystal.hub import load_crystal_model
+from hf_crystal.loading import load_crystal_model
 from hf_crystal.hub_access import HubOfflineError
 from hf_crystal.refiner import CrystalRefinerPipeline
 

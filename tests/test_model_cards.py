@@ -5,7 +5,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_crystal.hub import MetricsFormatError, read_metrics, render_model_card
+from hf_crystal.cards import MetricsFormatError, read_metrics, render_model_card
 
 METRICS = {
     "dataset": {"name": "MP-20 test", "type": "tester/mp20", "split": "test"},

@@ -13,7 +13,6 @@ from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the pipeline tasks)
 from hf_crystal.commands import main
-from hf_crystal.data import append_structures, read_structures
 from hf_crystal.evaluation.relax import RelaxResult
 from hf_crystal.evaluation.stability import HullReference
 from hf_crystal.mutation import (
@@ -27,6 +26,7 @@ from hf_crystal.mutation import (
     read_log,
     summarize,
 )
+from hf_crystal.structure_io import append_structures, read_structures
 from hf_crystal.testing import save_tiny_llama
 
 # Energy per atom each element contributes to a compound (elemental references sit at 0 eV/atom), so a

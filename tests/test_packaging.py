@@ -14,6 +14,6 @@ def test_every_subpackage_is_listed():
 
 
 def test_card_templates_are_importable_resources():
-    from hf_crystal.hub import template_path
+    from hf_crystal.cards import template_path
 
     assert Path(template_path("dataset_card.md")).read_text().startswith("---")

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, pipeline
 import hf_crystal  # noqa: F401  (registers the task)
 from hf_crystal import pipeline_infill
 from hf_crystal.commands import main
-from hf_crystal.data import read_structures
-from hf_crystal.hub import load_crystal_model, push_folder
+from hf_crystal.hub import push_folder
+from hf_crystal.loading import load_crystal_model
 from hf_crystal.prompts import (
     FormulaUnitsError,
     format_formula,
@@ -27,6 +27,7 @@ from hf_crystal.prompts import (
     infill_prompt,
     mask_element,
 )
+from hf_crystal.structure_io import read_structures
 from hf_crystal.testing import llama_style_tokenizer, save_tiny_llama, tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, decode, encode
 from hf_crystal.tokenization import build_crystal_tokenizer

@@ -8,8 +8,8 @@ from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the tasks)
 from hf_crystal.commands import main
-from hf_crystal.data import read_structures
 from hf_crystal.refiner import CrystalFlowScheduler, CrystalRefinerPipeline, CSPNetModel
+from hf_crystal.structure_io import read_structures
 from hf_crystal.testing import save_tiny_llama
 
 TINY = dict(hidden_dim=16, edge_dim=8, num_layers=1, time_dim=8, num_freqs=4)

@@ -15,7 +15,7 @@ DEFAULT_ATTEMPTS = 10  # hf_crystal.baseline.DEFAULT_ATTEMPTS (not imported: it 
 
 
 def _cmd_random(args: argparse.Namespace) -> int:
-    from hf_crystal.data import STRUCTURE_FORMATS, append_structures, read_structures
+    from hf_crystal.structure_io import STRUCTURE_FORMATS, append_structures, read_structures
 
     out = Path(args.out)
     if out.suffix.lower() not in STRUCTURE_FORMATS:

@@ -24,7 +24,7 @@ def _translation(value: str):
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from hf_crystal.data import iter_records
+    from hf_crystal.structure_io import iter_records
     from hf_crystal.text import encode
 
     out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
@@ -49,7 +49,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from hf_crystal.data import cif_block, read_text_blocks
+    from hf_crystal.structure_io import cif_block, read_text_blocks
     from hf_crystal.text import try_decode
 
     text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()

@@ -26,8 +26,9 @@ def _split_fractions(value: str) -> tuple[float, float, float]:
 
 
 def _cmd_dataset_build(args: argparse.Namespace) -> int:
+    from hf_crystal.cards import render_dataset_card
     from hf_crystal.data import build_dataset, save_dataset, verify_saved_dataset
-    from hf_crystal.hub import push_folder, render_dataset_card
+    from hf_crystal.hub import push_folder
 
     per_split = {
         k: v for k, v in (("train", args.train), ("validation", args.validation), ("test", args.test)) if v

@@ -104,7 +104,7 @@ def _two_floats(text: str) -> tuple[float, float]:
 
 
 def _read(path: str, limit: int | None, what: str):
-    from hf_crystal.data import read_structures
+    from hf_crystal.structure_io import read_structures
 
     source = Path(path)
     if not source.exists():
@@ -129,7 +129,7 @@ def _sample_conditions(args: argparse.Namespace, ids: list[str], skipped: list) 
         except json.JSONDecodeError as exc:
             raise UsageError(f"--conditions must be a JSON object: {exc}") from None
         return [one] * len(ids), [one] * len(skipped)
-    from hf_crystal.data import iter_records
+    from hf_crystal.structure_io import iter_records
 
     cells = {r.material_id: r.properties.get("conditions") for r in iter_records(args.samples)}
     if not any(cells.values()):
@@ -142,7 +142,7 @@ def _ipt(model_id: str, structures: list) -> dict:
     import numpy as np
 
     from hf_crystal.evaluation.ipt import ipt
-    from hf_crystal.hub import load_crystal_model
+    from hf_crystal.loading import load_crystal_model
 
     model, tokenizer = load_crystal_model(model_id)
     values = ipt(model, tokenizer, structures)

@@ -27,9 +27,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline  # registers the hf_crystal tasks on import (hf_crystal.registration)
 
-    from hf_crystal.data import SampleWriter
     from hf_crystal.embedded import refiner_for
-    from hf_crystal.hub import load_crystal_model
+    from hf_crystal.loading import load_crystal_model
+    from hf_crystal.structure_io import SampleWriter
 
     if args.no_refiner and args.refiner:
         raise UsageError("give --refiner or --no-refiner, not both")

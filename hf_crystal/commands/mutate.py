@@ -48,7 +48,6 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
         raise UsageError(f"--structures must end in .cif or .extxyz, got {Path(args.structures).name}")
     set_threads(args)
 
-    from hf_crystal.data import append_structures, read_structures
     from hf_crystal.mutation import (
         InfillProposer,
         RandomProposer,
@@ -56,6 +55,7 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
         mutation_search,
         summarize,
     )
+    from hf_crystal.structure_io import append_structures, read_structures
 
     ids, seeds, skipped = read_structures(args.seeds)
     for name, reason in skipped:
@@ -75,7 +75,7 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
     table = SubstitutionTable(SubstitutionPredictor(threshold=args.substitution_threshold))
     if args.proposer == "infill":
         import hf_crystal  # noqa: F401  (registers the pipeline tasks)
-        from hf_crystal.hub import load_crystal_model
+        from hf_crystal.loading import load_crystal_model
 
         model, tokenizer = load_crystal_model(args.model, revision=args.revision)
         from transformers import pipeline

@@ -12,8 +12,8 @@ __all__ = ["add_parser"]
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from hf_crystal.data import STRUCTURE_FORMATS, append_structures, read_structures
     from hf_crystal.refiner import refine
+    from hf_crystal.structure_io import STRUCTURE_FORMATS, append_structures, read_structures
 
     out = Path(args.out)
     if out.suffix.lower() not in STRUCTURE_FORMATS:

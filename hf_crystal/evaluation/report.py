@@ -43,7 +43,7 @@ SHIPPED_HULL_CHECK = (
 def write_report(result: EvaluationResult, out_dir: str | Path) -> Path:
     """Write ``result`` into ``out_dir`` (created if needed): samples.csv, relaxed.cif (if relaxed), plots,
     report.md and, last, metrics.json. Returns ``out_dir`` as a Path."""
-    from hf_crystal.data import cif_block
+    from hf_crystal.structure_io import cif_block
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

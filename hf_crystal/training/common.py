@@ -40,8 +40,9 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from hf_crystal.cards import render_model_card
 from hf_crystal.data import build_dataset, load_crystal_dataset
-from hf_crystal.hub import CHECKPOINT_SUBDIR, push_folder, render_model_card
+from hf_crystal.hub import CHECKPOINT_SUBDIR, push_folder
 from hf_crystal.prompts import CONDITIONS, DEFAULT_INFILL_FRACTION, TaskMix
 from hf_crystal.text import decode
 

@@ -33,7 +33,8 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_crystal.cache import cache_dir
-from hf_crystal.hub import push_folder, render_model_card
+from hf_crystal.cards import render_model_card
+from hf_crystal.hub import push_folder
 from hf_crystal.refiner import (
     CrystalBatch,
     CrystalFlowScheduler,
@@ -191,7 +192,7 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
     if args.base == "llm":
         from transformers import pipeline
 
-        from hf_crystal.hub import load_crystal_model
+        from hf_crystal.loading import load_crystal_model
 
         model, tokenizer = load_crystal_model(args.llm, revision=args.llm_revision)
         pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
