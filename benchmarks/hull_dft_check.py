@@ -134,8 +134,8 @@ def static_vs_relaxed(n: int, data: Path, batch_size: int) -> None:
     from chgnet.model import CHGNet
 
     from hf_crystal.cache import cache_dir
+    from hf_crystal.evaluation.hull_build import static_energies
     from hf_crystal.evaluation.relax import BatchedRelaxer
-    from hf_crystal.evaluation.stability import static_energies
     from hf_crystal.structure_io import read_structures
 
     ids, structures, _ = read_structures(data / "val.csv")

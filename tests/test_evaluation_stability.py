@@ -7,11 +7,11 @@ from factories import rocksalt
 from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
+from hf_crystal.evaluation.hull_build import elemental_reference_structures
 from hf_crystal.evaluation.stability import (
     HullError,
     HullReference,
     corrected_entries,
-    elemental_reference_structures,
     load_entries,
     load_hull,
     mp2020_parameters,

@@ -119,7 +119,7 @@ def _sources(tmp_path):
 
 
 def test_hull_build_writes_a_loadable_file_and_resumes(tmp_path, monkeypatch):
-    import hf_crystal.evaluation.stability as stability
+    import hf_crystal.evaluation.hull_build as hull_build
 
     folder = _sources(tmp_path)
     again = tmp_path / "again"  # a second source holding NaCl under the same id
@@ -156,7 +156,7 @@ def test_hull_build_writes_a_loadable_file_and_resumes(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a finished structure")
 
-    monkeypatch.setattr(stability, "static_energies", fail)
+    monkeypatch.setattr(hull_build, "static_energies", fail)
     n_cached = len(list((tmp_path / "cache").rglob("*.json")))
     assert main(argv) == 0
     assert len(list((tmp_path / "cache").rglob("*.json"))) == n_cached
@@ -174,7 +174,7 @@ def test_hull_build_errors(tmp_path, capsys):
 def test_static_energies_are_chgnet_energies():
     from chgnet.model import CHGNet
 
-    from hf_crystal.evaluation.stability import static_energies
+    from hf_crystal.evaluation.hull_build import static_energies
 
     model = CHGNet.load(verbose=False, use_device="cpu")
     nacl = rocksalt().get_primitive_structure()

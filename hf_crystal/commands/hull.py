@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from hf_crystal.evaluation.stability import HULL_ELEMENTS, build_hull_file
+    from hf_crystal.evaluation.hull_build import HULL_ELEMENTS, build_hull_file
     from hf_crystal.structure_io import read_structures
 
     set_threads(args)

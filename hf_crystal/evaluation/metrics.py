@@ -352,14 +352,9 @@ class _Hull:
 
 def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) -> _Hull:
     from hf_crystal.cache import cache_dir
+    from hf_crystal.evaluation.hull_build import default_hull
     from hf_crystal.evaluation.relax import BatchedRelaxer
-    from hf_crystal.evaluation.stability import (
-        SELF_CONSISTENT,
-        HullReference,
-        default_hull,
-        load_hull,
-        shipped_hull,
-    )
+    from hf_crystal.evaluation.stability import SELF_CONSISTENT, HullReference, load_hull, shipped_hull
 
     relaxer = relaxer or BatchedRelaxer(cache_dir=cache_dir("relax"))
     if hull_entries is None:
