@@ -390,6 +390,121 @@ def _select(members: Sequence[Member], size: int) -> list[Member]:
     return sorted(members, key=lambda m: (m.e_hull, m.order))[:size]
 
 
+class _Search:
+    """One mutation search's state: its proposer, relaxer, hull and log, the acceptance rule and the random
+    streams (masked elements; acceptance draws), and the (parent, masked, replacement) triples already tried."""
+
+    def __init__(
+        self, proposer, relaxer, hull, log, accept, threshold, temperature, seed, chunk_size, progress
+    ):
+        self.proposer, self.relaxer, self.hull, self.log = proposer, relaxer, hull, log
+        self.rule = (accept, threshold, temperature)
+        self.chunk_size, self.progress = chunk_size, progress
+        self.mask_rng = np.random.default_rng([seed, 0])
+        self.accept_rng = np.random.default_rng([seed, 1])
+        self.tried: set[tuple[str, str, str]] = set()
+
+    def children(
+        self, current: list[Member], r: int, children: int, elements: Sequence[str]
+    ) -> list[_Candidate]:
+        """Round `r`'s candidates: per parent, `children` masked elements drawn from its own, each replaced by
+        the proposer's picks among the elements the parent lacks (never a triple tried before)."""
+        batch: list[_Candidate] = []
+        for parent in current:
+            own = sorted(el.symbol for el in parent.structure.composition.elements)
+            masks = Counter(str(x) for x in self.mask_rng.choice(own, size=children))
+            open_elements = [e for e in elements if e not in own]
+            for masked in sorted(masks):
+                pool = [e for e in open_elements if (parent.id, masked, e) not in self.tried]
+                for proposal in self.proposer.propose(parent.structure, masked, pool, masks[masked]):
+                    self.tried.add((parent.id, masked, proposal.replacement))
+                    child = parent.structure.copy()
+                    child.replace_species({masked: proposal.replacement})
+                    cid = f"r{r}-{len(batch) + 1:04d}"
+                    order = r * 1_000_000 + len(batch)
+                    batch.append(_Candidate(cid, r, parent, parent.seed_id, masked, proposal, child, order))
+        return batch
+
+    def evaluate(self, batch: list[_Candidate], desc: str) -> list[Member]:
+        """Relax, place and judge a round's candidates chunk by chunk; rows written as they finish."""
+        kept = []
+        for start in range(0, len(batch), self.chunk_size):
+            chunk = batch[start : start + self.chunk_size]
+            todo = [c for c in chunk if c.id not in self.log.rows]
+            done = (
+                self.relaxer.relax([c.structure for c in todo], progress=self.progress, desc=desc)
+                if todo
+                else []
+            )
+            results = dict(zip((c.id for c in todo), done, strict=True))
+            for c in chunk:
+                u = float(
+                    self.accept_rng.random()
+                )  # drawn for every candidate: a resumed replay stays in step
+                member = self._resumed(c) if c.id in self.log.rows else self._judge(c, results[c.id], u)
+                if member is not None:
+                    kept.append(member)
+        return kept
+
+    def _resumed(self, c: _Candidate) -> Member | None:
+        row = self.log.rows[c.id]
+        expected = {
+            "round": str(c.round),
+            "parent_id": c.parent.id if c.parent else "",
+            "masked_element": c.masked,
+            "replacement": c.proposal.replacement if c.proposal else "",
+            "proposer": self.proposer.name if c.parent else "",
+        }
+        wrong = {k: (row[k], v) for k, v in expected.items() if row[k] != v}
+        if wrong:
+            raise MutationError(
+                f"{self.log.path}: row {c.id} does not match this search ({wrong}): it was written with other "
+                "seeds or options; choose another output"
+            )
+        if row["accepted"] != "True":
+            return None
+        structure = Structure.from_dict(json.loads(row["relaxed_structure"]))
+        return Member(c.id, c.seed_id, structure, float(row["e_hull"]), c.order)
+
+    def _judge(self, c: _Candidate, result, u: float) -> Member | None:
+        e_hull, why = _e_hull(self.hull, result)
+        parent_e = c.parent.e_hull if c.parent else math.nan
+        if why is not None:
+            ok = False
+        elif c.parent is None:
+            ok, why = True, "seed"
+        else:
+            accept, threshold, temperature = self.rule
+            ok, why = _accept(accept, e_hull, parent_e, u, threshold, temperature)
+        relaxed = result.structure if result.structure is not None and not result.error else None
+        self.log.write(
+            {
+                "round": c.round,
+                "id": c.id,
+                "parent_id": c.parent.id if c.parent else "",
+                "seed_id": c.seed_id,
+                "proposer": self.proposer.name if c.parent else "",
+                "masked_element": c.masked,
+                "replacement": c.proposal.replacement if c.proposal else "",
+                "formula": c.structure.composition.reduced_formula,
+                "score": c.proposal.score if c.proposal else None,
+                "substitution_probability": c.proposal.substitution_probability if c.proposal else None,
+                "relax_error": result.error,
+                "converged": result.converged,
+                "steps": result.steps,
+                "energy_per_atom": float(result.energy_per_atom) if np.isfinite(result.energy) else None,
+                "e_hull": e_hull,
+                "parent_e_hull": parent_e,
+                "accepted": ok,
+                "reason": why,
+                "relaxed_structure": json.dumps(relaxed.as_dict(), separators=(",", ":"))
+                if relaxed
+                else None,
+            }
+        )
+        return Member(c.id, c.seed_id, relaxed, e_hull, c.order) if ok else None
+
+
 def mutation_search(
     seeds: Sequence[tuple[str, Structure]],
     proposer,
@@ -437,103 +552,13 @@ def mutation_search(
         raise MutationError("no replacement element: the hull has no elemental reference")
     log = _Log(Path(out), resume)
     n_resumed = len(log.rows)
-    mask_rng = np.random.default_rng([seed, 0])
-    accept_rng = np.random.default_rng([seed, 1])
-
-    def evaluate(batch: list[_Candidate], desc: str) -> list[Member]:
-        """Relax, place and judge a round's candidates chunk by chunk; rows written as they finish."""
-        kept = []
-        for start in range(0, len(batch), chunk_size):
-            chunk = batch[start : start + chunk_size]
-            todo = [c for c in chunk if c.id not in log.rows]
-            done = relaxer.relax([c.structure for c in todo], progress=progress, desc=desc) if todo else []
-            results = dict(zip((c.id for c in todo), done, strict=True))
-            for c in chunk:
-                u = float(accept_rng.random())  # drawn for every candidate: a resumed replay stays in step
-                member = _resumed(c) if c.id in log.rows else _judge(c, results[c.id], u)
-                if member is not None:
-                    kept.append(member)
-        return kept
-
-    def _resumed(c: _Candidate) -> Member | None:
-        row = log.rows[c.id]
-        expected = {
-            "round": str(c.round),
-            "parent_id": c.parent.id if c.parent else "",
-            "masked_element": c.masked,
-            "replacement": c.proposal.replacement if c.proposal else "",
-            "proposer": proposer.name if c.parent else "",
-        }
-        wrong = {k: (row[k], v) for k, v in expected.items() if row[k] != v}
-        if wrong:
-            raise MutationError(
-                f"{log.path}: row {c.id} does not match this search ({wrong}): it was written with other "
-                "seeds or options; choose another output"
-            )
-        if row["accepted"] != "True":
-            return None
-        structure = Structure.from_dict(json.loads(row["relaxed_structure"]))
-        return Member(c.id, c.seed_id, structure, float(row["e_hull"]), c.order)
-
-    def _judge(c: _Candidate, result, u: float) -> Member | None:
-        e_hull, why = _e_hull(hull, result)
-        parent_e = c.parent.e_hull if c.parent else math.nan
-        if why is not None:
-            ok = False
-        elif c.parent is None:
-            ok, why = True, "seed"
-        else:
-            ok, why = _accept(accept, e_hull, parent_e, u, threshold, temperature)
-        relaxed = result.structure if result.structure is not None and not result.error else None
-        log.write(
-            {
-                "round": c.round,
-                "id": c.id,
-                "parent_id": c.parent.id if c.parent else "",
-                "seed_id": c.seed_id,
-                "proposer": proposer.name if c.parent else "",
-                "masked_element": c.masked,
-                "replacement": c.proposal.replacement if c.proposal else "",
-                "formula": c.structure.composition.reduced_formula,
-                "score": c.proposal.score if c.proposal else None,
-                "substitution_probability": c.proposal.substitution_probability if c.proposal else None,
-                "relax_error": result.error,
-                "converged": result.converged,
-                "steps": result.steps,
-                "energy_per_atom": float(result.energy_per_atom) if np.isfinite(result.energy) else None,
-                "e_hull": e_hull,
-                "parent_e_hull": parent_e,
-                "accepted": ok,
-                "reason": why,
-                "relaxed_structure": json.dumps(relaxed.as_dict(), separators=(",", ":"))
-                if relaxed
-                else None,
-            }
-        )
-        return Member(c.id, c.seed_id, relaxed, e_hull, c.order) if ok else None
-
+    search = _Search(proposer, relaxer, hull, log, accept, threshold, temperature, seed, chunk_size, progress)
     try:
         start = [_Candidate(i, 0, None, i, "", None, s, k) for k, (i, s) in enumerate(seeds)]
-        current = _select(evaluate(start, "seeds: relax"), population)
-        tried: set[tuple[str, str, str]] = set()
+        current = _select(search.evaluate(start, "seeds: relax"), population)
         for r in range(1, rounds + 1):
-            batch: list[_Candidate] = []
-            for parent in current:
-                own = sorted(el.symbol for el in parent.structure.composition.elements)
-                masks = Counter(str(x) for x in mask_rng.choice(own, size=children))
-                open_elements = [e for e in elements if e not in own]
-                for masked in sorted(masks):
-                    pool = [e for e in open_elements if (parent.id, masked, e) not in tried]
-                    for proposal in proposer.propose(parent.structure, masked, pool, masks[masked]):
-                        tried.add((parent.id, masked, proposal.replacement))
-                        child = parent.structure.copy()
-                        child.replace_species({masked: proposal.replacement})
-                        cid = f"r{r}-{len(batch) + 1:04d}"
-                        order = r * 1_000_000 + len(batch)
-                        batch.append(
-                            _Candidate(cid, r, parent, parent.seed_id, masked, proposal, child, order)
-                        )
-            current = _select([*current, *evaluate(batch, f"round {r}: relax")], population)
+            batch = search.children(current, r, children, elements)
+            current = _select([*current, *search.evaluate(batch, f"round {r}: relax")], population)
     finally:
         log.close()
     rows = [_typed(log.rows[i]) for i in log.order]
