@@ -11,8 +11,7 @@ What is enforced, character by character, on the completion exactly as `hf_cryst
   an earlier site's line is masked, unless every digit would: two atoms on one point are never a crystal,
   and small models write such repeats often);
 - EOS only right after a complete coordinates line, at most `max_sites` sites (then EOS is the only choice);
-  with a composition, element lines only for elements with atoms left and EOS only when none is left;
-- infill: one element symbol, then EOS.
+  with a composition, element lines only for elements with atoms left and EOS only when none is left.
 
 Why hand-written (benchmarks/bench_constraints.py measures it): lm-format-enforcer 0.11 does not import with
 transformers 5, transformers-cfg 0.2 rejects transformers 5 tokenizers, llguidance 1.9 rejects our tokenizer's
@@ -43,11 +42,10 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from hf_crystal.text import ELEMENT_SYMBOLS
 
-__all__ = ["DEFAULT_MAX_SITES", "TASKS", "ConstraintError", "CrystalConstraint", "CrystalLogitsProcessor"]
+__all__ = ["DEFAULT_MAX_SITES", "ConstraintError", "CrystalConstraint", "CrystalLogitsProcessor"]
 
 #: Default bound on the number of sites: well above the largest cells of MP-20 (20 atoms) and carbon_24 (24).
 DEFAULT_MAX_SITES = 64
-TASKS = ("generation", "infill")
 
 LENGTH_INT_DIGITS = 3  # lengths up to 999.9 Å
 MIN_ANGLE, MAX_ANGLE = 1, 179  # degrees; decode wants 0 < angle < 180
@@ -75,8 +73,7 @@ _UNLIMITED = np.iinfo(np.int32).max // 2
 
 # Automaton states are tuples: (kind, ...).
 _LEN, _LEN_DOT, _LEN_END, _ANGLE, _ELEMENT, _COORD = "len", "len.", "len.d", "angle", "element", "coord"
-_GENERATION_START = (_LEN, 0, 0)
-_INFILL_START = (_ELEMENT, "")
+_START = (_LEN, 0, 0)
 _ACCEPT = (_COORD, COORDS_PER_SITE - 1, len(COORD_PATTERN))
 _COLUMNS = 8  # fields of an automaton table entry (see `_Automaton`)
 
@@ -94,17 +91,13 @@ class CrystalConstraint:
         composition: exact atom counts, e.g. {"Na": 4, "Cl": 4} from a formula condition; implies `elements`
             (if both are given, the composition's elements must be among them).
         max_sites: most sites a crystal may have (EOS is forced after that many).
-        task: "generation" (crystal text) or "infill" (one element symbol, then EOS).
     """
 
     elements: tuple[str, ...] | None = None
     composition: Mapping[str, int] | None = None
     max_sites: int = DEFAULT_MAX_SITES
-    task: str = "generation"
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ConstraintError(f"task must be one of {TASKS}, got {self.task!r}")
         if not (isinstance(self.max_sites, int) and self.max_sites >= 1):
             raise ConstraintError(f"max_sites must be a positive integer, got {self.max_sites!r}")
         if self.elements is not None:
@@ -115,8 +108,6 @@ class CrystalConstraint:
             _check_symbols(self.elements, "elements")
         if self.composition is None:
             return
-        if self.task != "generation":
-            raise ConstraintError("a composition applies to the generation task only, not infill")
         if not self.composition:
             raise ConstraintError("composition is empty")
         _check_symbols(self.composition, "composition")
@@ -141,8 +132,6 @@ class CrystalConstraint:
 
         Pass it (the largest over a batch) to `generate`: a smaller budget can cut a crystal short.
         """
-        if self.task == "infill":
-            return _SYMBOL_CHARS + 1
         sites = self.max_sites if self.composition is None else int(sum(self.composition.values()))
         return _HEAD_CHARS + _SITE_CHARS * sites + 1
 
@@ -214,9 +203,9 @@ def _step(state: tuple, ch: str):
 
 
 class _Automaton:
-    """The crystal automaton for one tokenizer, both tasks: lazily built states and their token tables.
+    """The crystal automaton for one tokenizer: lazily built states and their token tables.
 
-    A state is (task, automaton state). Each state's table (the tokens allowed from it, sorted by id, and what each
+    Each state's table (the tokens allowed from it, sorted by id, and what each
     does: next state, sites started, element completed, element prefix it stops in) is built on first use by
     walking the vocabulary trie, and stored in flat arrays (`columns`, one row per field) at `offset[state]`,
     `count[state]` entries long, so that the tables of many rows can be gathered in one numpy operation.
@@ -238,12 +227,8 @@ class _Automaton:
         self.accept = np.zeros(
             64, dtype=bool
         )  # the text so far is complete: EOS may follow (counters permitting)
-        self.written = np.full(64, _NONE, dtype=np.int64)  # infill: the element written so far, or _NONE
         self.built = np.zeros(64, dtype=bool)
-        self.start = {
-            "generation": self.state_id(("generation", _GENERATION_START)),
-            "infill": self.state_id(("infill", _INFILL_START)),
-        }
+        self.start = self.state_id(_START)
 
     def state_id(self, key: tuple) -> int:
         if key not in self._states:
@@ -254,18 +239,14 @@ class _Automaton:
                 self.offset = np.append(self.offset, np.zeros(grow, dtype=np.int64))
                 self.count = np.append(self.count, np.zeros(grow, dtype=np.int64))
                 self.accept = np.append(self.accept, np.zeros(grow, dtype=bool))
-                self.written = np.append(self.written, np.full(grow, _NONE, dtype=np.int64))
                 self.built = np.append(self.built, np.zeros(grow, dtype=bool))
         return self._states[key]
 
-    def _moves(self, task: str, state: tuple) -> dict:
-        key = (task, state)
-        if key not in self._transitions:
+    def _moves(self, state: tuple) -> dict:
+        if state not in self._transitions:
             moves = {ch: _step(state, ch) for ch in _ALPHABET}
-            if task == "infill":  # the element is the whole completion: no newline after it
-                moves["\n"] = None
-            self._transitions[key] = {ch: m for ch, m in moves.items() if m is not None}
-        return self._transitions[key]
+            self._transitions[state] = {ch: m for ch, m in moves.items() if m is not None}
+        return self._transitions[state]
 
     def ensure(self, states: np.ndarray) -> None:
         """Build the tables of `states` that are not built yet."""
@@ -275,7 +256,7 @@ class _Automaton:
 
     def _build(self, state_id: int) -> None:
         """Walk the vocabulary trie from a state: every token whose whole text the automaton accepts."""
-        task, state = self._keys[state_id]
+        state = self._keys[state_id]
         rows = []
         # (trie node, state, sites started, element completed, coordinate code shift and add, line completed)
         stack = [(self._trie, state, 0, _NONE, 1, 0, 0)]  # the trie root holds no token: no token is empty
@@ -286,10 +267,10 @@ class _Automaton:
             stops_in = _PREFIX_INDEX[current[1]] if current[0] == _ELEMENT else _NONE
             if not (element != _NONE and stops_in != _NONE):
                 rows.extend(
-                    (t, self.state_id((task, current)), sites, element, stops_in, shift, add, close)
+                    (t, self.state_id(current), sites, element, stops_in, shift, add, close)
                     for t in node.get(None, ())
                 )
-            for ch, (nxt, event) in self._moves(task, current).items():
+            for ch, (nxt, event) in self._moves(current).items():
                 child = node.get(ch)
                 if child is None:
                     continue
@@ -313,11 +294,7 @@ class _Automaton:
         self.columns[:, size : size + n] = table
         self._size = size + n
         self.offset[state_id], self.count[state_id] = size, n
-        if task == "generation":
-            self.accept[state_id] = state == _ACCEPT
-        else:
-            self.written[state_id] = _SYMBOL_INDEX.get(state[1], _NONE)
-            self.accept[state_id] = self.written[state_id] != _NONE
+        self.accept[state_id] = state == _ACCEPT
         self.built[state_id] = True
 
     def entries(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -397,7 +374,7 @@ class _Rows:
     def start(cls, automaton: _Automaton, rules: list[_Rule]) -> _Rows:
         remaining = np.stack([rule.remaining for rule in rules])
         return cls(
-            np.array([automaton.start[rule.task] for rule in rules], dtype=np.int64),
+            np.full(len(rules), automaton.start, dtype=np.int64),
             np.zeros(len(rules), dtype=np.int64),
             remaining,
             _live(remaining),
@@ -421,7 +398,6 @@ class _Rule:
     """A `CrystalConstraint` in the form the processor applies."""
 
     def __init__(self, constraint: CrystalConstraint):
-        self.task = constraint.task
         # remaining atoms per element; the extra last entry answers _NONE ("no element completed").
         self.remaining = np.zeros(len(ELEMENT_SYMBOLS) + 1, dtype=np.int64)
         self.remaining[-1] = 1
@@ -625,12 +601,7 @@ class CrystalLogitsProcessor(LogitsProcessor):
             & (rows.remaining[row, element] > 0)
             & (rows.sites[row] + sites <= self._limit[row])
         )
-        written = automaton.written[states]
-        may_end = automaton.accept[states] & np.where(
-            written != _NONE,
-            rows.remaining[active, written] > 0,
-            ~self._exact[active] | ~rows.remaining[active, :-1].any(axis=1),
-        )
+        may_end = automaton.accept[states] & (~self._exact[active] | ~rows.remaining[active, :-1].any(axis=1))
         ok = self._distinct_sites(ok, entry, row, close == 1, rows.code[row] * shift + add, rows, may_end)
         ending = active[may_end]
         # Copy the allowed scores into a -inf tensor: cheaper than building and applying a full boolean mask.

@@ -54,7 +54,6 @@ CONDITIONS: dict[str, str] = {
     "formation_energy_per_atom": "The formation energy per atom is",
     "band_gap": "The band gap is",
 }
-_FLOAT_CONDITIONS = ("e_above_hull", "formation_energy_per_atom", "band_gap")
 # Gruver et al. round float conditions to 4 places.
 FLOAT_DECIMALS = 4
 # Gruver et al.: 2/3 generation, 1/3 infill.

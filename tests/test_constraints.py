@@ -17,7 +17,7 @@ from hf_crystal.constraints import (
     CrystalLogitsProcessor,
     _angle_range,
 )
-from hf_crystal.prompts import generation_prompt, infill_prompt
+from hf_crystal.prompts import generation_prompt
 from hf_crystal.testing import llama_style_tokenizer, tiny_llama
 from hf_crystal.text import ELEMENT_SYMBOLS, decode, try_decode
 from hf_crystal.tokenization import build_crystal_tokenizer
@@ -111,14 +111,6 @@ def test_max_sites(setup):
     texts = sample_many(setup, CrystalConstraint(max_sites=2), BATCH)
     sizes = [len(decode(t)) for t in texts]
     assert max(sizes) == 2 and min(sizes) >= 1
-
-
-def test_infill_writes_one_element(setup):
-    prompt = infill_prompt("4.0 4.0 4.0\n90 90 90\n[MASK]\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")
-    texts = sample_many(setup, CrystalConstraint(task="infill"), BATCH, prompt)
-    assert set(texts) <= set(ELEMENT_SYMBOLS) and len(set(texts)) > 5
-    texts = sample_many(setup, CrystalConstraint(task="infill", elements=("N", "Na")), BATCH, prompt)
-    assert set(texts) == {"N", "Na"}
 
 
 def test_eos_only_after_a_complete_site(setup):
@@ -246,7 +238,6 @@ def test_max_new_tokens_is_the_longest_text_plus_eos():
     longest = "999.9 999.9 999.9\n179 179 179" + "\nNa\n0.99 0.99 0.99" * 3
     assert CrystalConstraint(max_sites=3).max_new_tokens == len(longest) + 1
     assert CrystalConstraint(composition={"Na": 2, "O": 1}).max_new_tokens == len(longest) + 1
-    assert CrystalConstraint(task="infill").max_new_tokens == len("Na") + 1
 
 
 def test_rows_after_eos_are_left_alone():
@@ -271,10 +262,6 @@ def test_typed_errors():
         CrystalConstraint(composition={"Na": 0.5})
     with pytest.raises(ConstraintError, match="not in elements"):
         CrystalConstraint(elements=("Na",), composition={"Cl": 1})
-    with pytest.raises(ConstraintError, match="generation task only"):
-        CrystalConstraint(task="infill", composition={"Na": 1})
-    with pytest.raises(ConstraintError, match="task must be one of"):
-        CrystalConstraint(task="relax")
     with pytest.raises(ConstraintError, match="max_sites"):
         CrystalConstraint(max_sites=0)
     processor = CrystalLogitsProcessor(tokenizer, [CrystalConstraint()] * 2, prompt_length=0)

@@ -265,19 +265,16 @@ def _rate(count: float, total: int) -> float:
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927); (NaN, NaN) when ``n`` is 0."""
-    from scipy.stats import norm
+    """Wilson score interval of a binomial proportion (Wilson 1927, via `scipy.stats.binomtest`); (NaN, NaN) when
+    ``n`` is 0."""
+    from scipy.stats import binomtest
 
     if not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
     if n == 0:
         return float("nan"), float("nan")
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denominator = 1 + z**2 / n
-    center = (p + z**2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
+    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def _rate_with_ci(name: str, count: int, total: int) -> dict:

@@ -47,7 +47,6 @@ MAX_VOLUME_RATIO = 8.0
 # bond graph grows as 1 / volume and its angle graph as 1 / volume^2. At 1 Å^3/atom one batch of 16 LLM
 # samples took 15.7 GB (killed by the OOM killer); the densest MP-20 crystal (FeH) has 6.6 Å^3/atom.
 MIN_VOLUME_PER_ATOM = 3.0
-_OPTIMIZERS = OPTIMIZERS  # see hf_crystal.evaluation.defaults
 # Part of the cache key: results of another implementation (1: CHGNet.predict_graph, double backward) are
 # not mixed with this one's.
 RELAX_IMPLEMENTATION = 2
@@ -243,8 +242,8 @@ class BatchedRelaxer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         cache_dir: str | os.PathLike | None = None,
     ):
-        if optimizer not in _OPTIMIZERS:
-            raise RelaxationError(f"optimizer {optimizer!r} is not supported; choose one of {_OPTIMIZERS}")
+        if optimizer not in OPTIMIZERS:
+            raise RelaxationError(f"optimizer {optimizer!r} is not supported; choose one of {OPTIMIZERS}")
         if batch_size < 1 or max_steps < 0 or fmax <= 0:
             raise RelaxationError("batch_size must be >= 1, max_steps >= 0 and fmax > 0")
         if model is None:
