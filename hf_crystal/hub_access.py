@@ -14,12 +14,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-__all__ = ["HubOfflineError", "UnsafeWeightsError", "offline_errors", "snapshot"]
+__all__ = ["HubOfflineError", "SourceNotFoundError", "UnsafeWeightsError", "offline_errors", "snapshot"]
 
 
 class HubOfflineError(OSError):
     """A repo that is needed offline but is not in the local Hub cache."""
+
+
+class SourceNotFoundError(FileNotFoundError):
+    """Neither a local folder nor a valid Hub repo id (e.g. a mistyped path)."""
 
 
 class UnsafeWeightsError(OSError):
@@ -32,16 +38,25 @@ def is_offline() -> bool:
 
 @contextmanager
 def offline_errors(repo_id: str | Path) -> Iterator[None]:
-    """Turn the libraries' errors for a repo missing from the cache in offline mode into one clear error
-    (an inner one, e.g. for an adapter's base, is kept)."""
+    """Turn the libraries' errors for a repo missing from the cache in offline mode, and for a name that is
+    neither a folder nor a repo id, into one clear error each (an inner one, e.g. for an adapter's base, is
+    kept)."""
     try:
         yield
-    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError and transformers' OSError are both
+    except (OSError, HFValidationError) as err:  # transformers re-raises the Hub's errors as OSError
         if (
-            is_offline()
-            and not Path(repo_id).exists()
-            and not isinstance(err, UnsafeWeightsError | HubOfflineError)
+            isinstance(err, UnsafeWeightsError | HubOfflineError | SourceNotFoundError)
+            or Path(repo_id).exists()
         ):
+            raise
+        try:
+            validate_repo_id(str(repo_id))
+        except HFValidationError as invalid:
+            raise SourceNotFoundError(
+                f"no folder {repo_id}, and it is not a Hub repo id ({invalid}): give an existing folder or a "
+                "repo id like user/name"
+            ) from None
+        if is_offline():
             raise HubOfflineError(
                 f"{repo_id} is not in the local Hub cache and HF_HUB_OFFLINE is set: run "
                 f"`hf-crystal pull {repo_id}` while online (or unset HF_HUB_OFFLINE)"

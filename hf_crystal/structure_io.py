@@ -98,8 +98,12 @@ def _parse_cif(material_id: str, cif: str, properties: dict | None = None) -> Re
 
 
 def _split_cif_blocks(text: str) -> list[str]:
+    """The `data_` blocks of a CIF file: none for an empty file, the whole text when it has no `data_` line (so
+    that it is reported as unreadable, not dropped)."""
     starts = [m.start() for m in re.finditer(r"^data_", text, flags=re.MULTILINE)]
-    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)] or [text]
+    if not starts:
+        return [text] if text.strip() else []
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
 def cif_block(structure: Structure, name: str | None = None) -> str:

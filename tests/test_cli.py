@@ -111,3 +111,21 @@ def test_unknown_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_a_model_that_is_neither_a_folder_nor_a_repo_id(tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    assert main(["generate", "--model", "/nonexistent", "--num", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-crystal: error: no folder /nonexistent, and it is not a Hub repo id")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--num", "--batch-size", "--max-sites", "--refine-steps"])
+def test_generate_refuses_non_positive_counts_before_anything_runs(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", flag, "-1", "--out", str(tmp_path / "x.csv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a positive whole number, got '-1'" in err
+    assert "generating" not in err and not (tmp_path / "x.csv").exists()

@@ -190,3 +190,35 @@ def test_evaluate_puts_the_results_on_a_card(files, tmp_path):
         on_card["struct_valid"] == metrics["struct_valid"] and on_card["novel_rate"] == metrics["novel_rate"]
     )
     assert "3 samples" in card.text and "hf-crystal evaluate" in card.text
+
+
+def test_empty_sample_file_is_a_one_line_error(files, tmp_path, capsys):
+    _, reference, _ = files
+    empty = tmp_path / "EMPTY.cif"
+    empty.write_text("")
+    assert main(["evaluate", str(empty), "--reference", str(reference), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"hf-crystal: error: {empty} holds no structures"
+
+
+def test_limits_apply_to_samples_reference_and_train_separately(files, tmp_path, monkeypatch):
+    import hf_crystal.evaluation.metrics as metrics
+
+    seen = {}
+
+    def fake(samples, reference, train, **kwargs):
+        seen.update(samples=len(samples), reference=len(reference), train=len(train))
+        raise KeyboardInterrupt  # stop before anything is computed or written
+
+    monkeypatch.setattr(metrics, "compute_metrics", fake)
+    samples, _, train = files
+    reference = tmp_path / "refs"
+    reference.mkdir()
+    for i, s in enumerate([_nacl(5.5), _nacl(5.6), _kcl()]):
+        CifWriter(s).write_file(reference / f"r{i}.cif")
+    argv = ["evaluate", str(samples), "--reference", str(reference), "--train", str(train), "--no-relax"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--limit-reference", "2"]) == 130
+    assert seen == {"samples": 3, "reference": 2, "train": 1}
+    assert main([*argv, "--out", str(tmp_path / "o"), "--limit-samples", "1"]) == 130
+    assert seen == {"samples": 1, "reference": 3, "train": 1}
+    with pytest.raises(SystemExit):  # argparse: exit 2 with its usage line
+        main([*argv, "--out", str(tmp_path / "o"), "--limit-train", "0"])
