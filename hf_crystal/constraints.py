@@ -1,5 +1,5 @@
 """Constrained decoding: a transformers `LogitsProcessor` that lets a model write only crystal text that
-`hf_crystal.text.decode` accepts (SPEC 2), optionally limited to given elements or to an exact composition.
+`hf_crystal.text.decode` accepts, optionally limited to given elements or to an exact composition.
 
 What is enforced, character by character, on the completion exactly as `hf_crystal.text.encode` writes it:
 

@@ -9,7 +9,7 @@ Inputs:
 - an int N: N unconditional prompts, their samples in one flat list (N x `num_return_sequences`).
 
 Each sample is a dict: `text` (what the model wrote), `structure` (a `Structure`, or None when the text
-does not parse), `valid` (structural and compositional validity, SPEC 5), `error` (why it did not
+does not parse), `valid` (structural and compositional validity, CDVAE's criteria), `error` (why it did not
 parse), `conditions` (as the prompt stated them: the whole-cell formula, and `formula_units`, what
 the formula condition meant) and `attempts` (samples drawn for this slot:
 1, or more with `until_valid=True`; the sum over a result is what was generated). Nothing raises for

@@ -1,4 +1,4 @@
-"""Task prompts (Gruver et al. 2024, SPEC 3): conditional generation and element infill.
+"""Task prompts (Gruver et al. 2024): conditional generation and element infill.
 
 Every task is a {"prompt", "completion"} pair, the form TRL's SFTTrainer trains on with a
 completion-only loss. Prompts end with a newline because TRL joins prompt and completion with no

@@ -56,7 +56,7 @@ def save_tiny_llama(out: str | Path, seed: int = 0, tokenizer: PreTrainedTokeniz
 
 
 def crystal_corpus(n: int = 300, seed: int = 0) -> list[str]:
-    """`n` random crystal texts (SPEC 2 format) after a formula prompt, for training test tokenizers."""
+    """`n` random crystal texts (Gruver et al.'s format) after a formula prompt, for training test tokenizers."""
     rng = np.random.default_rng(seed)
     texts = []
     for _ in range(n):

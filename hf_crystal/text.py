@@ -1,4 +1,4 @@
-"""Crystal structures as text (Gruver et al. 2024, SPEC 2) and back.
+"""Crystal structures as text (Gruver et al. 2024) and back.
 
 The format, one value group per line::
 

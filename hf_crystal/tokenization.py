@@ -1,7 +1,7 @@
 """Crystal tokenizer for models trained from scratch: a few hundred tokens, one per symbol that matters.
 
 The vocabulary: the special tokens, every printable ASCII character (so any ASCII text round-trips),
-every element symbol (SPEC 2) and every word of the task prompts (SPEC 3). A regex pre-tokenizer cuts
+every element symbol and every word of the task prompts. A regex pre-tokenizer cuts
 text into exactly these pieces (words and element symbols longest first, then single characters) and
 a WordLevel model maps each piece to its id; the Fuse decoder glues pieces back without spaces, so
 ``decode(encode(text)) == text`` for every ASCII text, prompts and crystals included. Digits are

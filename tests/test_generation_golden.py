@@ -2,7 +2,7 @@
 
 A speed change to generation (pipeline, constraint processor, generate arguments, attention, cache) must not
 change what greedy decoding writes. The expected texts in golden_generation.json were written by the code
-before the generation speed work (issue 11), and rewritten once since, when constrained decoding began to forbid
+before the generation speed work, and rewritten once since, when constrained decoding began to forbid
 two sites on the same coordinates (every text that changed then had a repeated site, none has one now);
 regenerate them only for a change that is meant to alter outputs:
 

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate",
         help="validity, coverage, novelty and CHGNet stability of generated structures",
         description=(
-            "Evaluate generated structures (SPEC 5) and write metrics.json, samples.csv, relaxed.cif and "
+            "Evaluate generated structures (CDVAE's metrics and CHGNet stability) and write metrics.json, samples.csv, relaxed.cif and "
             "report.md with plots into --out. Structure files: a CIF folder, .cif, CDVAE .csv, .jsonl "
             "('cif' or 'text'), .extxyz, or a .txt of crystal-text blocks separated by blank lines."
         ),

@@ -1,4 +1,4 @@
-"""Evaluation of generated crystals (SPEC 5): validity, coverage, distributions, uniqueness and novelty,
+"""Evaluation of generated crystals (CDVAE's metrics, Xie et al. 2022): validity, coverage, distributions, uniqueness and novelty,
 stability against a convex hull via batched CHGNet relaxation, distance to relaxed, IPT, and reports.
 
 Modules: ``validity``, ``coverage``, ``distributions``, ``novelty``, ``relax`` (batched CHGNet relaxer),

@@ -49,7 +49,7 @@ def ipt(
 ) -> dict[str, np.ndarray]:
     """Per-structure IPT and untransformed perplexity (``{"ipt": ..., "perplexity": ...}``).
 
-    ``prompt`` defaults to ``hf_crystal.prompts.generation_prompt()`` (SPEC 3, no conditions).
+    ``prompt`` defaults to ``hf_crystal.prompts.generation_prompt()`` (no conditions).
     """
     from hf_crystal.prompts import generation_prompt
     from hf_crystal.text import encode

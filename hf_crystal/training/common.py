@@ -68,7 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Gruver et al. 2024 (SPEC 3): cosine schedule with 100 warmup steps, 10 epochs.
+# Gruver et al. 2024: cosine schedule with 100 warmup steps, 10 epochs.
 EPOCHS = 10
 COMMON_DEFAULTS: dict[str, Any] = {
     "num_train_epochs": 1,  # one pass over `epochs` freshly augmented passes (module docstring)

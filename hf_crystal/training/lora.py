@@ -5,7 +5,7 @@ Options: `LoraScriptArguments` (ours: data, task mix, card, the base's Hub id, t
 `--model`, `--model_revision`, `--dtype`, ...; LoRA: `--lora_r`, `--lora_alpha`, `--lora_dropout`,
 `--lora_target_modules`, `--use_rslora`, ...; `--load_in_8bit`/`--load_in_4bit`), read by `parse_args`
 through `trl.TrlParser`. The LoRA config is `trl.get_peft_config(model_args)` (`peft_config`). Defaults are Gruver et
-al.'s (SPEC 3): r=8, alpha=32, dropout 0.05 on q_proj and v_proj; lr 1e-4 cosine with 100 warmup
+al.'s: r=8, alpha=32, dropout 0.05 on q_proj and v_proj; lr 1e-4 cosine with 100 warmup
 steps, 10 epochs, batch 1, max length 2048.
 
 The output folder holds adapter_config.json, adapter_model.safetensors, the tokenizer and README.md;
@@ -55,7 +55,7 @@ __all__ = [
     "train_lora",
 ]
 
-#: Parser defaults of `train lora`, Gruver et al. 2024 (SPEC 3); see also `common.COMMON_DEFAULTS`.
+#: Parser defaults of `train lora`, Gruver et al. 2024; see also `common.COMMON_DEFAULTS`.
 LORA_DEFAULTS: dict[str, Any] = {
     "use_peft": True,
     "lora_r": 8,
