@@ -219,6 +219,7 @@ def _repo_files() -> list[str]:
     return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
 
 
+@pytest.mark.slow  # builds and installs a wheel (about 16 s); tests/test_packaging.py checks the package data fast
 def test_wheel_installs_and_generates_offline(bundle, tmp_path):
     start = time.perf_counter()
     source = tmp_path / "source"

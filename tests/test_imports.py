@@ -37,17 +37,19 @@ def test_help_is_light():
     assert "usage: hf-crystal" in out and out.strip().splitlines()[-1] == "LOADED"
 
 
-@pytest.mark.parametrize(
-    "imports",
-    ["import hf_crystal", "from transformers import pipeline\nimport hf_crystal"],
-    ids=["hook", "direct"],
-)
-def test_tasks_register_whichever_import_comes_first(imports):
-    code = (
-        f"{imports}\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
+def test_tasks_register_whichever_import_comes_first():
+    """Both orders, each in a fresh interpreter (run side by side: each imports transformers' pipelines)."""
+    report = (
+        "\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
         "print(sorted(t for t in PIPELINE_REGISTRY.get_supported_tasks() if t.startswith('crystal-')))"
     )
-    assert _python(code).strip() == "['crystal-generation', 'crystal-infill']"
+    orders = {"hook": "import hf_crystal", "direct": "from transformers import pipeline\nimport hf_crystal"}
+    runs = {
+        name: subprocess.Popen([sys.executable, "-c", imports + report], stdout=subprocess.PIPE, text=True)
+        for name, imports in orders.items()
+    }
+    printed = {name: run.communicate(timeout=300)[0].strip() for name, run in runs.items()}
+    assert printed == dict.fromkeys(orders, "['crystal-generation', 'crystal-infill']")
 
 
 def _module_imports() -> dict[str, set[str]]:
