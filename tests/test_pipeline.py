@@ -472,3 +472,26 @@ def test_finished_rows_leave_the_batch(pipe, monkeypatch):
     assert [s[0]["text"] for s in compacted] == [s[0]["text"] for s in single]
     sampled = pipe({"formula": "Ba2TiO4"}, num_return_sequences=6, seed=0, max_sites=8)
     assert {s["structure"].composition for s in sampled} == {Composition("Ba2TiO4")}
+
+
+def test_the_model_generation_config_sets_max_sites_and_refine_steps(tiny_model, monkeypatch):
+    """A model's own settings travel with it: `max_sites` and `refine_steps` of its generation config apply
+    unless the call sets them."""
+    model, tokenizer = load_crystal_model(tiny_model)
+    model.generation_config.max_sites, model.generation_config.refine_steps = 2, 3
+    steps = []
+
+    class Refiner:  # records the steps it is asked for; moves nothing
+        def __call__(self, structures, num_inference_steps=10, **kwargs):
+            steps.append(num_inference_steps)
+            return type("Output", (), {"structures": structures})()
+
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    Refiner.scheduler = None  # what marks a refiner object (not a folder or Hub id)
+    pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer, refiner=Refiner())
+    samples = pipe(8, seed=0, batch_size=8)
+    assert max(len(s["structure"]) for s in samples) <= 2 and steps == [3]
+    samples = pipe(8, seed=0, batch_size=8, max_sites=5, refine_steps=4)
+    assert max(len(s["structure"]) for s in samples) > 2 and steps == [3, 4]
