@@ -68,10 +68,11 @@ def main() -> None:
     parser.add_argument("--source", help="structures to mutate (default: a few built here)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("xyz", "wyckoff"), default="xyz")
+    parser.add_argument("--limit", type=int, help="use the first N structures of --source")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     if args.source:
-        structures = read_structures(args.source)[1]
+        structures = read_structures(args.source)[1][: args.limit]
     else:
         structures = [
             Structure(Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5] * 3]),

@@ -397,7 +397,9 @@ def _lines_for(
     positions: np.ndarray,
     rng: np.random.Generator | None,
 ) -> list[tuple[int, int, tuple[int, ...], str, str]]:
-    """Sort keys + text of every orbit line: (rank, Z, free values in hundredths, element, label).
+    """Sort keys + text of every orbit line: (rank, free values in hundredths, Z, element, label).
+
+    The element comes last so that the order of the lines says nothing about a masked element (infill).
 
     The representative is the site with the smallest free values, or a random one when `rng` is given.
     """
@@ -412,7 +414,7 @@ def _lines_for(
         else:
             choice = tuple(hundredths[rng.integers(len(hundredths))].tolist())
         symbol = symbols[members[0]]
-        lines.append((wp.rank, _Z[symbol], choice, symbol, wp.label))
+        lines.append((wp.rank, choice, _Z[symbol], symbol, wp.label))
     return sorted(lines)
 
 
@@ -428,7 +430,7 @@ def _text(number: int, lattice_line: str, lines, permute: np.random.Generator | 
     order = permute.permutation(len(lines)) if permute is not None else range(len(lines))
     body = []
     for i in order:
-        _, _, values, symbol, label = lines[i]
+        _, values, _, symbol, label = lines[i]
         body.append(" ".join([symbol, label, *(f"0.{v:02d}" for v in values)]))
     return "\n".join([str(number), lattice_line, *body])
 
