@@ -10,12 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CRYSTAL_FORMATS", "DEFAULT_FORMAT", "FORMAT_DESCRIPTIONS", "check_format", "format_of"]
+__all__ = [
+    "CRYSTAL_FORMATS",
+    "DEFAULT_FORMAT",
+    "FORMAT_DESCRIPTIONS",
+    "WYCKOFF_SETTING",
+    "check_format",
+    "format_of",
+]
 
 #: The crystal text formats: Gruver et al.'s coordinates ("xyz") and Wyckoff text ("wyckoff").
 CRYSTAL_FORMATS = ("xyz", "wyckoff")
 #: The format of a model or dataset that does not name one.
 DEFAULT_FORMAT = "xyz"
+#: The one setting every Wyckoff text is written in; a model's config carries it as `crystal_format_setting`.
+WYCKOFF_SETTING = (
+    "ITA standard, origin choice 2, hexagonal axes for R, unique axis b (pyxtal 1.1 Hall numbers)"
+)
 #: One line per format, for help texts and cards.
 FORMAT_DESCRIPTIONS = {
     "xyz": "lattice lengths and angles, then element and fractional coordinates of every site (Gruver et al.)",

@@ -49,6 +49,7 @@ from transformers.cache_utils import DynamicLayer
 
 from hf_crystal import embedded
 from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
+from hf_crystal.crystal_format import format_of
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
 from hf_crystal.text import try_decode
@@ -197,6 +198,8 @@ class CrystalGenerationPipeline(Pipeline):
     def __init__(self, *args, refiner="auto", **kwargs):
         super().__init__(*args, **kwargs)
         prepare_for_batched_generation(self.tokenizer)
+        # The crystal text format the model writes (its config's `crystal_format`; "xyz" when absent).
+        self.crystal_format = format_of(self.model.config)
         if refiner == "auto":  # the refiner the model comes with: the embedded default adapter's, else none
             refiner = embedded.refiner_for(self.model)
         if refiner is not None and not hasattr(refiner, "scheduler"):  # a folder or Hub id
@@ -278,10 +281,14 @@ class CrystalGenerationPipeline(Pipeline):
 
     def _encode(self, conditions: Mapping, constrain: bool, elements, max_sites: int) -> dict:
         """Prompt tokens, constraint and conditions as the prompt states them (whole-cell formula, rounded)."""
-        prompt = generation_prompt(conditions)
+        prompt = generation_prompt(conditions, self.crystal_format)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         constraint = None
-        if constrain:
+        if constrain and self.crystal_format != "xyz":
+            logger.warning(
+                "no constrained decoding for %s text yet: sampling unconstrained", self.crystal_format
+            )
+        elif constrain:
             composition = None
             if conditions.get("formula") is not None:
                 composition = {el.symbol: int(n) for el, n in Composition(conditions["formula"]).items()}
@@ -391,7 +398,8 @@ class CrystalGenerationPipeline(Pipeline):
     def _refine(self, rows: list, refine_steps: int | None) -> list:
         """The refined structure of each row, None where the LLM's text does not parse."""
         structures = [
-            try_decode(self.tokenizer.decode(tokens, skip_special_tokens=True))[0] for tokens in rows
+            try_decode(self.tokenizer.decode(tokens, skip_special_tokens=True), self.crystal_format)[0]
+            for tokens in rows
         ]
         parsed = [s for s in structures if s is not None]
         options = {} if refine_steps is None else {"num_inference_steps": refine_steps}
@@ -478,12 +486,16 @@ class CrystalGenerationPipeline(Pipeline):
 
     def _decode(self, tokens: torch.Tensor) -> dict:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        structure, error = try_decode(text)
+        structure, error = try_decode(text, self.crystal_format)
+        wyckoff = structure is not None and "spacegroup" in structure.properties
         return {
             "text": text,
             "structure": structure,
             "valid": structure is not None and validity_flags(structure)["valid"],
             "error": str(error) if error is not None else None,
+            # Wyckoff text: the space group written and the label of each orbit line (None for xyz text).
+            "spacegroup": structure.properties["spacegroup"] if wyckoff else None,
+            "wyckoff": structure.properties["wyckoff"] if wyckoff else None,
         }
 
     def postprocess(self, model_outputs: dict) -> list[dict]:

@@ -30,6 +30,7 @@ import spglib
 from pymatgen.core import Element, Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
+from hf_crystal.crystal_format import WYCKOFF_SETTING
 from hf_crystal.text import (
     ELEMENT_SYMBOLS,
     CrystalParseError,
@@ -52,10 +53,6 @@ __all__ = [
     "space_group_table",
 ]
 
-#: The setting every Wyckoff text is written in; a model's config carries it beside `crystal_format`.
-WYCKOFF_SETTING = (
-    "ITA standard, origin choice 2, hexagonal axes for R, unique axis b (pyxtal 1.1 Hall numbers)"
-)
 #: The 24 groups with two origin choices: written in choice 2 (spglib's default is choice 1).
 TWO_ORIGIN_GROUPS = (
     48,
@@ -541,7 +538,8 @@ class WyckoffText:
         return [orbit.position.label for orbit in self.orbits]
 
     def to_structure(self) -> Structure:
-        """The primitive cell, every site of every orbit kept (no merging), with site property "wyckoff"."""
+        """The primitive cell, every site of every orbit kept (no merging), with site property "wyckoff" and
+        `properties` "spacegroup" and "wyckoff" (the labels of the orbit lines)."""
         table = space_group_table(self.spacegroup)
         to_primitive = _PRIMITIVE[table.centering]
         species, coords, labels = [], [], []
@@ -555,6 +553,7 @@ class WyckoffText:
         lattice = Lattice(to_primitive @ self.lattice.matrix)
         structure = Structure(lattice, species, frac, site_properties={"wyckoff": labels})
         structure.properties["spacegroup"] = self.spacegroup
+        structure.properties["wyckoff"] = self.labels
         return structure
 
 
