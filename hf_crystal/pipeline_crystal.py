@@ -48,7 +48,13 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from hf_crystal import embedded
-from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
+from hf_crystal.constraints import (
+    DEFAULT_MAX_SITES,
+    ConstraintError,
+    CrystalConstraint,
+    CrystalLogitsProcessor,
+)
+from hf_crystal.constraints_wyckoff import WyckoffConstraint, WyckoffLogitsProcessor
 from hf_crystal.crystal_format import format_of
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
@@ -271,7 +277,18 @@ class CrystalGenerationPipeline(Pipeline):
     ) -> dict:
         max_sites = DEFAULT_MAX_SITES if max_sites is None else max_sites
         cells, weights, formula_units = condition_cells(conditions, formula_units, max_sites)
-        encoded = [self._encode(c, constrain, elements, max_sites) for c in cells]
+        encoded, kept, error = [], [], None
+        for cell, weight in zip(cells, weights, strict=True):
+            try:
+                encoded.append(self._encode(cell, constrain, elements, max_sites))
+                kept.append(weight)
+            except ConstraintError as err:  # Wyckoff text: this many formula units fit no orbits of the group
+                if self.crystal_format == "xyz":
+                    raise
+                error = err
+        if not encoded:
+            raise error
+        weights = np.array(kept) / sum(kept)
         for item in encoded:
             if "formula" in item["conditions"]:
                 item["conditions"]["formula_units"] = formula_units
@@ -284,17 +301,22 @@ class CrystalGenerationPipeline(Pipeline):
         prompt = generation_prompt(conditions, self.crystal_format)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         constraint = None
-        if constrain and self.crystal_format != "xyz":
-            logger.warning(
-                "no constrained decoding for %s text yet: sampling unconstrained", self.crystal_format
-            )
-        elif constrain:
+        if constrain:
             composition = None
             if conditions.get("formula") is not None:
                 composition = {el.symbol: int(n) for el, n in Composition(conditions["formula"]).items()}
-            constraint = CrystalConstraint(
-                elements=tuple(elements) if elements else None, composition=composition, max_sites=max_sites
-            )
+            elements = tuple(elements) if elements else None
+            if self.crystal_format == "wyckoff":
+                constraint = WyckoffConstraint(
+                    spacegroup=parse_conditions(prompt).get("spacegroup"),
+                    composition=composition,
+                    elements=elements,
+                    max_sites=max_sites,
+                )
+            else:
+                constraint = CrystalConstraint(
+                    elements=elements, composition=composition, max_sites=max_sites
+                )
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
@@ -420,7 +442,9 @@ class CrystalGenerationPipeline(Pipeline):
         width = input_ids.shape[1]
         processor = None
         if constraints[0] is not None:
-            processor = CrystalLogitsProcessor(self.tokenizer, constraints, width, per_prompt)
+            wyckoff = isinstance(constraints[0], WyckoffConstraint)
+            processor_class = WyckoffLogitsProcessor if wyckoff else CrystalLogitsProcessor
+            processor = processor_class(self.tokenizer, constraints, width, per_prompt)
         budget, eos = self._compacting(kwargs)
         cache = _append_cache(self.model, kwargs)
         if cache is not None:

@@ -202,48 +202,64 @@ class SpaceGroupTable:
 
     number: int
     symbol: str
-    hall_number: int
     centering: str
     positions: tuple[WyckoffPosition, ...]  # "a" first
     by_letter: dict
     polar_axes: tuple[int, ...]  # axes along which any translation maps the group onto itself
-    alternatives: tuple[tuple[np.ndarray, np.ndarray], ...]  # proper Euclidean-normalizer cosets (R, t)
+
+    @property
+    def hall_number(self) -> int:
+        """spglib's Hall number of this setting (origin choice 2 where there are two)."""
+        return _normalizer(self.number)[0]
+
+    @property
+    def alternatives(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Proper cosets (R, t) of the group in its Euclidean normalizer: the equivalent origins and axes."""
+        return _normalizer(self.number)[1]
 
 
-def _symmetry_ops(triplets) -> np.ndarray:
-    return np.array([op.affine_matrix for op in triplets])
+@cache
+def _normalizer(number: int) -> tuple[int, tuple[tuple[np.ndarray, np.ndarray], ...]]:
+    from pyxtal.symmetry import Group
+
+    group = Group(number)
+    alternatives = []
+    for triplet in group.get_alternatives()["Coset Representative"]:
+        op = SymmOp.from_xyz_str(triplet)
+        if np.linalg.det(op.rotation_matrix) > 0:
+            alternatives.append((op.rotation_matrix, op.translation_vector))
+    return int(group.hall_number), tuple(alternatives)
 
 
 @cache
 def space_group_table(number: int) -> SpaceGroupTable:
-    """The Wyckoff positions, polar axes and normalizer of space group `number` in `WYCKOFF_SETTING`."""
-    from pyxtal.symmetry import Group
+    """The Wyckoff positions and polar axes of space group `number` in `WYCKOFF_SETTING` (pyxtal's tables)."""
+    from pyxtal.symmetry import Group, get_wyckoffs, letters
 
-    group = Group(number)
-    centering = group.symbol[0]
+    centering = Group(number, quick=True).symbol[0]
     vectors = np.array(_CENTERING_VECTORS[centering]).reshape(-1, 3)
+    wyckoffs = get_wyckoffs(number)  # general position first, "a" last
     positions = []
-    for rank, wp in enumerate(reversed(group.Wyckoff_positions)):
-        ops = _symmetry_ops(wp.ops)
+    for rank, triplets in enumerate(reversed(wyckoffs)):
+        ops = np.array([op.affine_matrix for op in triplets])
         rotations, translations = ops[:, :3, :3], ops[:, :3, 3]
-        kept: list[int] = []
-        for j in range(len(ops)):
-            copy = any(
-                np.allclose(rotations[i], rotations[j])
-                and any(
-                    np.allclose(_wrap(translations[j] - translations[i] - c), 0, atol=1e-6) for c in vectors
-                )
-                for i in kept
-            )
-            if not copy:
-                kept.append(j)
+        # Operations that differ from an earlier one by a centering translation only: one site of the
+        # primitive cell between them.
+        same = np.abs(rotations[:, None] - rotations[None]).max(axis=(-1, -2)) < 1e-9
+        shift = translations[:, None, :] - translations[None, :, :]
+        centered = np.zeros_like(same)
+        for c in vectors:
+            centered |= np.abs(_wrap(shift - c)).max(axis=-1) < 1e-6
+        duplicate = same & centered
+        kept = [j for j in range(len(ops)) if not duplicate[j, :j].any()]
         free = tuple(int(i) for i in np.flatnonzero(np.abs(rotations[0]).sum(axis=0) > 0))
         representative = rotations[0][:, list(free)]
+        letter = letters[rank]
         positions.append(
             WyckoffPosition(
-                label=f"{wp.multiplicity}{wp.letter}",
-                letter=wp.letter,
-                multiplicity=int(wp.multiplicity),
+                label=f"{len(ops)}{letter}",
+                letter=letter,
+                multiplicity=len(ops),
                 rank=rank,
                 free=free,
                 rotations=rotations,
@@ -255,20 +271,13 @@ def space_group_table(number: int) -> SpaceGroupTable:
         )
     general = positions[-1].rotations
     polar = tuple(i for i in range(3) if np.allclose(general[:, :, i], np.eye(3)[i]))
-    alternatives = []
-    for triplet in group.get_alternatives()["Coset Representative"]:
-        op = SymmOp.from_xyz_str(triplet)
-        if np.linalg.det(op.rotation_matrix) > 0:
-            alternatives.append((op.rotation_matrix, op.translation_vector))
     return SpaceGroupTable(
         number=number,
-        symbol=group.symbol,
-        hall_number=int(group.hall_number),
+        symbol=Group(number, quick=True).symbol,
         centering=centering,
         positions=tuple(positions),
         by_letter={p.letter: p for p in positions},
         polar_axes=polar,
-        alternatives=tuple(alternatives),
     )
 
 

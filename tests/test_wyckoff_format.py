@@ -87,7 +87,7 @@ def test_pipeline_prompts_decodes_and_writes_in_the_models_format(wyckoff_base, 
     pipe = pipeline("crystal-generation", model=str(wyckoff_base))
     assert pipe.crystal_format == "wyckoff"
     force = _Write(pipe.tokenizer, "225\n5.6\nNa 4a\nCl 4b")
-    # constrain=True (the default) has no Wyckoff grammar yet: sampled unconstrained, with a warning.
+    # constrain=True (the default): the Wyckoff grammar allows this text.
     [sample] = pipe(logits_processor=LogitsProcessorList([force]), temperature=0)
     assert GENERATION_INSTRUCTIONS["wyckoff"] in pipe.tokenizer.decode(force.prompt)
     assert sample["error"] is None and sample["spacegroup"] == 225 and sample["wyckoff"] == ["4a", "4b"]
