@@ -321,23 +321,32 @@ def _standardize(structure: Structure, symprec: float) -> _Standard | None:
     ideal = np.mod(np.array(data.std_positions), 1.0)
     # The input atoms in the standard frame (x_std = P x + p), then symmetrized by the group's operations.
     raw = structure.frac_coords[inputs] @ np.array(data.transformation_matrix).T + data.origin_shift
+    table = space_group_table(int(data.number))
+    lattice = np.array(data.std_lattice)
+    tolerance = max(_ON_POSITION_TOL, 2 * symprec / min(np.linalg.norm(lattice, axis=1)))
+    positions, orbits = _symmetrized(table, ideal, raw, np.asarray(data.equivalent_atoms)[inputs], tolerance)
     return _Standard(
         number=int(data.number),
-        lattice=np.array(data.std_lattice),
-        positions=_symmetrized(space_group_table(int(data.number)), ideal, raw),
+        lattice=lattice,
+        positions=positions,
         symbols=[kinds[t] for t in data.std_types],
-        orbits=np.asarray(data.equivalent_atoms)[inputs],
+        orbits=orbits,
     )
 
 
-def _symmetrized(table: SpaceGroupTable, ideal: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """The average of the images of `raw` under every operation of the group (each atom's mean position).
+def _symmetrized(
+    table: SpaceGroupTable, ideal: np.ndarray, raw: np.ndarray, orbits: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, orbit of each atom): the average of the images of `raw` under every operation of the group,
+    and the orbits those operations make.
 
     spglib's idealized positions are symmetric about an origin it may place up to its tolerance off (its
     translations are snapped), which moves every atom by as much and makes the text depend on where the
-    structure sat in its cell. The average of the raw positions' images does not: a shift of the input
-    averages out, except along polar axes, which `_write` pins. `ideal` (exactly symmetric) gives the atom
-    map of each operation; when that is no permutation the idealized positions are kept.
+    structure sat in its cell; and its `equivalent_atoms` can split an orbit in two. The average of the raw
+    positions' images does not depend on a shift of the input (except along polar axes, which `_write` pins),
+    and the orbits are read from the group's own operations. `ideal` (exactly symmetric) gives the atom map of
+    each operation (nearest image within `tolerance`, fractional: spglib's are not always exactly symmetric
+    in the requested Hall setting); when that is no permutation, spglib's positions and `orbits` are kept.
     """
     general = table.positions[-1]
     rotations, translations = general.rotations, general.translations
@@ -348,17 +357,19 @@ def _symmetrized(table: SpaceGroupTable, ideal: np.ndarray, raw: np.ndarray) -> 
     nearest = np.abs(_wrap(candidates - ideal[:, None, :])).max(axis=-1).argmin(axis=1)
     raw = ideal + _wrap(candidates[np.arange(len(raw)), nearest] - ideal)
     if np.abs(raw - ideal).max() > 0.25:
-        return ideal
+        return ideal, orbits
     images = ideal @ rotations.transpose(0, 2, 1) + translations[:, None, :]  # (ops, n, 3)
     distance = np.abs(_wrap(images[:, :, None, :] - ideal[None, None, :, :])).max(axis=-1)  # (ops, n, n)
     image_of = distance.argmin(axis=2)  # atom g(j) for operation g and atom j
-    if distance.min(axis=2).max() > _ON_POSITION_TOL or any(
+    if distance.min(axis=2).max() > tolerance or any(
         len(set(row)) != len(ideal) for row in image_of.tolist()
     ):
-        return ideal
+        return ideal, orbits
     inverse = np.linalg.inv(rotations)
     back = np.einsum("gij,gnj->gni", inverse, raw[image_of] - translations[:, None, :])  # g^-1(r_g(j))
-    return np.mod(raw + _wrap(back - raw[None]).mean(axis=0), 1.0)
+    positions = np.mod(raw + _wrap(back - raw[None]).mean(axis=0), 1.0)
+    # The orbit of atom j is {g(j)}: label each atom by the smallest atom of its orbit.
+    return positions, image_of.min(axis=0)
 
 
 def _as_p1(structure: Structure) -> _Standard:
