@@ -301,7 +301,8 @@ class _Standard:
 
 
 def _standardize(structure: Structure, symprec: float) -> _Standard | None:
-    """spglib's idealized conventional cell in `WYCKOFF_SETTING`, or None when spglib finds no group."""
+    """The conventional cell in `WYCKOFF_SETTING` (spglib's standardization, positions averaged over the
+    group: `_symmetrized`), or None when spglib finds no group."""
     symbols = [site.specie.symbol for site in structure]
     kinds = sorted(set(symbols))
     cell = (structure.lattice.matrix, structure.frac_coords, [kinds.index(s) for s in symbols])
@@ -315,7 +316,7 @@ def _standardize(structure: Structure, symprec: float) -> _Standard | None:
         )
         if data is None:
             return None
-    # Orbit of each standard-cell atom: through its primitive atom to an input atom's equivalence class.
+    # The input atom of each standard-cell atom, through its primitive atom.
     input_of_primitive = {int(p): i for i, p in enumerate(data.mapping_to_primitive)}
     inputs = np.array([input_of_primitive[int(p)] for p in data.std_mapping_to_primitive])
     ideal = np.mod(np.array(data.std_positions), 1.0)
