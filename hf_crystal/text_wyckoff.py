@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 
@@ -289,7 +290,7 @@ def _wrap(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- encode
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Standard:
     """A structure in the standard setting: conventional cell, atoms and the orbit of each atom."""
 
@@ -371,6 +372,28 @@ def _symmetrized(
     positions = np.mod(raw + _wrap(back - raw[None]).mean(axis=0), 1.0)
     # The orbit of atom j is {g(j)}: label each atom by the smallest atom of its orbit.
     return positions, image_of.min(axis=0)
+
+
+# Standard cells of recently encoded structures: augmented draws of one structure (a training epoch after
+# another) then cost one spglib call in all (about 20 ms, 10x the drawing itself).
+_STANDARD_CACHE: OrderedDict = OrderedDict()
+_STANDARD_CACHE_SIZE = 32768
+
+
+def _cached_standardize(structure: Structure, symprec: float) -> _Standard | None:
+    key = (
+        symprec,
+        structure.lattice.matrix.tobytes(),
+        structure.frac_coords.tobytes(),
+        tuple(site.specie.symbol for site in structure),
+    )
+    if key in _STANDARD_CACHE:
+        _STANDARD_CACHE.move_to_end(key)
+        return _STANDARD_CACHE[key]
+    std = _STANDARD_CACHE[key] = _standardize(structure, symprec)
+    if len(_STANDARD_CACHE) > _STANDARD_CACHE_SIZE:
+        _STANDARD_CACHE.popitem(last=False)
+    return std
 
 
 def _as_p1(structure: Structure) -> _Standard:
@@ -513,6 +536,9 @@ def encode(
         seed: seed or numpy Generator for `augment` and `permute`.
         symprec: spglib tolerance in Å; when spglib finds no group there (or its orbits miss the tables),
             0.01 and 0.001 are tried, then the structure is written as P1.
+
+    The standard cells of the last 32,768 structures are cached: drawing augmented texts of a structure
+    again (every training epoch) skips spglib.
     """
     if not structure.is_ordered:
         raise DisorderedStructureError(
@@ -523,7 +549,7 @@ def encode(
         raise ValueError("cannot encode a structure without sites")
     rng = as_rng(seed)
     for tolerance in (symprec, *(s for s in _FALLBACK_SYMPREC if s < symprec)):
-        std = _standardize(structure, tolerance)
+        std = _cached_standardize(structure, tolerance)
         if std is None:
             continue
         try:
