@@ -1,10 +1,12 @@
 """Fuzz the decoder with random and mutated crystal texts; count what escapes besides CrystalParseError.
 
     python benchmarks/fuzz_decode.py --examples 200000 [--source ../shared/data/mp_20/train.csv]
+    python benchmarks/fuzz_decode.py --format wyckoff --examples 100000 --source ../shared/data/mp_20/val.csv
 
 Mutations of real texts: character insertions, deletions and substitutions from an alphabet of digits,
 signs, dots, letters, spaces and newlines; line deletions, duplications and swaps; numbers replaced by
-nan / inf / huge / negative values; plus purely random strings. Prints a table of outcomes.
+nan / inf / huge / negative values; plus purely random strings; for "wyckoff" also space-group numbers
+and Wyckoff labels swapped for others. Prints a table of outcomes.
 """
 
 import argparse
@@ -18,19 +20,22 @@ from hf_crystal.structure_io import read_structures
 from hf_crystal.text import CrystalParseError, decode, encode
 
 ALPHABET = list("0123456789-+.eE naNifINFXxLn[]MASK\n\t") + ["Na", "Cl", "Og", "1e400", "nan", "-0"]
+# Wyckoff text: letters, labels and space-group numbers, valid or not for the group at hand.
+ALPHABET_WYCKOFF = ALPHABET + list("abcdefghijklmnopqrstuvwxyzA") + ["4a", "8c", "192l", "1a", "6e", "0a"]
+ALPHABET_WYCKOFF += ["1", "2", "14", "166", "194", "225", "227", "230", "231", "0"]
 SPECIAL_NUMBERS = ["nan", "inf", "-inf", "1e400", "-1", "0", "1e-320", "180", "359.9", "0.0001", "1" * 50]
 
 
-def mutate(text: str, rng: np.random.Generator) -> str:
+def mutate(text: str, rng: np.random.Generator, alphabet: list[str] = ALPHABET) -> str:
     for _ in range(rng.integers(1, 6)):
         op = rng.integers(6)
         lines = text.split("\n")
         if op == 0 and text:  # replace a character
             i = rng.integers(len(text))
-            text = text[:i] + ALPHABET[rng.integers(len(ALPHABET))] + text[i + 1 :]
+            text = text[:i] + alphabet[rng.integers(len(alphabet))] + text[i + 1 :]
         elif op == 1:  # insert a character
             i = rng.integers(len(text) + 1)
-            text = text[:i] + ALPHABET[rng.integers(len(ALPHABET))] + text[i:]
+            text = text[:i] + alphabet[rng.integers(len(alphabet))] + text[i:]
         elif op == 2 and text:  # delete a span
             i = rng.integers(len(text))
             text = text[:i] + text[i + rng.integers(1, 8) :]
@@ -44,15 +49,16 @@ def mutate(text: str, rng: np.random.Generator) -> str:
             else:
                 lines[i], lines[j] = lines[j], lines[i]
             text = "\n".join(lines)
-        elif op == 4:  # a special number in a numeric field
+        elif op == 4:  # a special number (or, for Wyckoff text, a label or group) in a field
             i = rng.integers(len(lines))
             fields = lines[i].split()
             if fields:
-                fields[rng.integers(len(fields))] = SPECIAL_NUMBERS[rng.integers(len(SPECIAL_NUMBERS))]
+                pool = SPECIAL_NUMBERS if alphabet is ALPHABET or rng.random() < 0.5 else alphabet[-16:]
+                fields[rng.integers(len(fields))] = pool[rng.integers(len(pool))]
                 lines[i] = " ".join(fields)
             text = "\n".join(lines)
         else:  # random string
-            text = "".join(rng.choice(ALPHABET, size=rng.integers(0, 60)))
+            text = "".join(rng.choice(alphabet, size=rng.integers(0, 60)))
     return text
 
 
@@ -61,22 +67,25 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=100_000)
     parser.add_argument("--source", help="structures to mutate (default: a few built here)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("xyz", "wyckoff"), default="xyz")
+    parser.add_argument("--limit", type=int, help="use the first N structures of --source")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     if args.source:
-        structures = read_structures(args.source)[1]
+        structures = read_structures(args.source)[1][: args.limit]
     else:
         structures = [
             Structure(Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5] * 3]),
             Structure(Lattice.from_parameters(4, 5, 6, 80, 95, 110), ["Ca", "Ti", "O"], rng.random((3, 3))),
         ]
-    texts = [encode(s) for s in structures]
+    texts = [encode(s, format=args.format) for s in structures]
+    alphabet = ALPHABET_WYCKOFF if args.format == "wyckoff" else ALPHABET
     outcomes: Counter = Counter()
     start = time.perf_counter()
     for _ in range(args.examples):
-        text = mutate(texts[rng.integers(len(texts))], rng)
+        text = mutate(texts[rng.integers(len(texts))], rng, alphabet)
         try:
-            decode(text)
+            decode(text, format=args.format)
             outcomes["Structure"] += 1
         except CrystalParseError:
             outcomes["CrystalParseError"] += 1

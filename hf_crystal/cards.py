@@ -71,6 +71,7 @@ def render_dataset_card(
         size_categories=_size_category(n_total),
         task_categories=["text-generation"],
         tags=TAGS,
+        crystal_format=report.crystal_format,
     )
     return DatasetCard.from_template(
         card_data,
@@ -78,6 +79,7 @@ def render_dataset_card(
         pretty_name=card_data.pretty_name,
         repo_id=repo_id,
         sources=report.sources,
+        crystal_format=report.crystal_format,
         rows=report.rows,
         n_skipped=sum(report.skipped.values()),
         skipped=report.skipped.most_common(),

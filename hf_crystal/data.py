@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from tqdm.auto import tqdm
 
+from hf_crystal.crystal_format import DEFAULT_FORMAT, check_format
 from hf_crystal.hub_access import snapshot
 from hf_crystal.structure_io import DataFormatError, Record, iter_records
 from hf_crystal.text import encode
@@ -44,6 +45,7 @@ COMPUTED_COLUMNS = (
     "elements",
     "n_atoms",
     "spacegroup",
+    "crystal_format",
 )
 
 
@@ -57,6 +59,7 @@ class BuildReport:
     """
 
     sources: dict[str, str]
+    crystal_format: str = DEFAULT_FORMAT
     rows: dict[str, int] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)
@@ -71,7 +74,7 @@ class BuildReport:
         return {c: {split: counts.get(c, 0) for split, counts in self.null_counts.items()} for c in columns}
 
     def summary(self) -> str:
-        lines = [f"rows: {', '.join(f'{k}={v}' for k, v in self.rows.items())}"]
+        lines = [f"rows: {', '.join(f'{k}={v}' for k, v in self.rows.items())} (text: {self.crystal_format})"]
         lines.append(f"skipped: {sum(self.skipped.values())}")
         lines += [f"  {n} x {reason}" for reason, n in self.skipped.most_common()]
         if self.no_spacegroup:
@@ -97,7 +100,7 @@ def _row(record: Record, report: BuildReport) -> dict[str, Any] | None:
         reason = record.error or "unreadable"
     else:
         try:
-            text = encode(record.structure)
+            text = encode(record.structure, format=report.crystal_format)
             reason = None
         except ValueError as err:
             reason = f"{type(err).__name__}: {str(err).split(';')[0]}"
@@ -121,6 +124,7 @@ def _row(record: Record, report: BuildReport) -> dict[str, Any] | None:
         "elements": sorted(el.symbol for el in composition.elements),
         "n_atoms": len(structure),
         "spacegroup": spacegroup,
+        "crystal_format": report.crystal_format,
     }
     for key, value in record.properties.items():
         name = f"source_{key}" if key in COMPUTED_COLUMNS else key
@@ -140,11 +144,13 @@ def build_dataset(
     *,
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
     seed: int = 42,
+    format: str = DEFAULT_FORMAT,
 ) -> tuple[DatasetDict, BuildReport]:
     """A train/validation/test `DatasetDict` of crystal text from one source (seeded split) or one per split.
 
-    Columns: material_id, cif, text (canonical: no augmentation), formula (reduced), full_formula,
-    elements, n_atoms, spacegroup (spglib, symprec 0.1) and every property column of the sources. All
+    Columns: material_id, cif, text (canonical: no augmentation; in `format`, "xyz" or "wyckoff"), formula
+    (reduced), full_formula, elements, n_atoms, spacegroup (spglib, symprec 0.1), crystal_format (`format`,
+    so the rows say how to read `text`) and every property column of the sources. All
     splits share one schema (`unify_features`): a property one source lacks is a null column in that
     split (counted in `BuildReport.null_counts` / `absent_columns`), never zeros.
     """
@@ -152,14 +158,14 @@ def build_dataset(
         unknown = set(sources) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown split names {sorted(unknown)}; use {SPLITS}")
-        report = BuildReport({k: str(v) for k, v in sources.items()})
+        report = BuildReport({k: str(v) for k, v in sources.items()}, check_format(format))
         splits = {name: _rows(Path(src), report, name) for name, src in sources.items()}
     else:
         if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-9 or min(split_fractions) < 0:
             raise ValueError(
                 f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}"
             )
-        report = BuildReport({"all": str(sources)})
+        report = BuildReport({"all": str(sources)}, check_format(format))
         rows = _rows(Path(sources), report, "reading")
         order = np.random.default_rng(seed).permutation(len(rows))
         bounds = np.round(np.cumsum(split_fractions) * len(rows)).astype(int)

@@ -37,12 +37,19 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Pipeline, set_seed
 
 from hf_crystal import embedded
-from hf_crystal.constraints import DEFAULT_MAX_SITES, CrystalConstraint, CrystalLogitsProcessor
+from hf_crystal.constraints import (
+    DEFAULT_MAX_SITES,
+    ConstraintError,
+    CrystalConstraint,
+    CrystalLogitsProcessor,
+)
+from hf_crystal.constraints_wyckoff import WyckoffConstraint, WyckoffLogitsProcessor
+from hf_crystal.crystal_format import format_of
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.generation_utils import generate_rows
 from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
 from hf_crystal.sampling import generation_config, model_setting
-from hf_crystal.text import DEFAULT_FORMAT, try_decode
+from hf_crystal.text import try_decode
 from hf_crystal.tokenization import prepare_for_batched_generation
 
 __all__ = ["CrystalGenerationPipeline"]
@@ -86,8 +93,8 @@ class CrystalGenerationPipeline(Pipeline):
     def __init__(self, *args, refiner="auto", **kwargs):
         super().__init__(*args, **kwargs)
         prepare_for_batched_generation(self.tokenizer)
-        # The text format the model writes, recorded in its config by the training scripts.
-        self.crystal_format = getattr(self.model.config, "crystal_format", DEFAULT_FORMAT)
+        # The crystal text format the model writes (its config's `crystal_format`; "xyz" when absent).
+        self.crystal_format = format_of(self.model.config)
         if refiner == "auto":  # the refiner the model comes with: the embedded default adapter's, else none
             refiner = embedded.refiner_for(self.model)
         if refiner is not None and not hasattr(refiner, "scheduler"):  # a folder or Hub id
@@ -160,7 +167,18 @@ class CrystalGenerationPipeline(Pipeline):
         if max_sites is None:
             max_sites = model_setting(self.model, "max_sites", DEFAULT_MAX_SITES)
         cells, weights, formula_units = condition_cells(conditions, formula_units, max_sites)
-        encoded = [self._encode(c, constrain, elements, max_sites) for c in cells]
+        encoded, kept, error = [], [], None
+        for cell, weight in zip(cells, weights, strict=True):
+            try:
+                encoded.append(self._encode(cell, constrain, elements, max_sites))
+                kept.append(weight)
+            except ConstraintError as err:  # Wyckoff text: this many formula units fit no orbits of the group
+                if self.crystal_format == "xyz":
+                    raise
+                error = err
+        if not encoded:
+            raise error
+        weights = np.array(kept) / sum(kept)
         for item in encoded:
             if "formula" in item["conditions"]:
                 item["conditions"]["formula_units"] = formula_units
@@ -170,16 +188,25 @@ class CrystalGenerationPipeline(Pipeline):
 
     def _encode(self, conditions: Mapping, constrain: bool, elements, max_sites: int) -> dict:
         """Prompt tokens, constraint and conditions as the prompt states them (whole-cell formula, rounded)."""
-        prompt = generation_prompt(conditions)
+        prompt = generation_prompt(conditions, self.crystal_format)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         constraint = None
         if constrain:
             composition = None
             if conditions.get("formula") is not None:
                 composition = {el.symbol: int(n) for el, n in Composition(conditions["formula"]).items()}
-            constraint = CrystalConstraint(
-                elements=tuple(elements) if elements else None, composition=composition, max_sites=max_sites
-            )
+            elements = tuple(elements) if elements else None
+            if self.crystal_format == "wyckoff":
+                constraint = WyckoffConstraint(
+                    spacegroup=parse_conditions(prompt).get("spacegroup"),
+                    composition=composition,
+                    elements=elements,
+                    max_sites=max_sites,
+                )
+            else:
+                constraint = CrystalConstraint(
+                    elements=elements, composition=composition, max_sites=max_sites
+                )
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
@@ -275,7 +302,9 @@ class CrystalGenerationPipeline(Pipeline):
         """One decoded sample (`_decode`) per prompt row."""
         processor = None
         if constraints[0] is not None:
-            processor = CrystalLogitsProcessor(self.tokenizer, constraints, input_ids.shape[1])
+            wyckoff = isinstance(constraints[0], WyckoffConstraint)
+            processor_class = WyckoffLogitsProcessor if wyckoff else CrystalLogitsProcessor
+            processor = processor_class(self.tokenizer, constraints, input_ids.shape[1])
         rows = generate_rows(self.model, input_ids, attention_mask, processor, kwargs)
         return [self._decode(tokens) for tokens in rows]
 
@@ -292,12 +321,16 @@ class CrystalGenerationPipeline(Pipeline):
     def _decode(self, tokens: torch.Tensor) -> dict:
         """What the model wrote, read in the model's text format (`crystal_format`)."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        structure, error = try_decode(text, format=self.crystal_format)
+        structure, error = try_decode(text, self.crystal_format)
+        wyckoff = structure is not None and "spacegroup" in structure.properties
         return {
             "text": text,
             "structure": structure,
             "valid": structure is not None and validity_flags(structure)["valid"],
             "error": str(error) if error is not None else None,
+            # Wyckoff text: the space group written and the label of each orbit line (None for xyz text).
+            "spacegroup": structure.properties["spacegroup"] if wyckoff else None,
+            "wyckoff": structure.properties["wyckoff"] if wyckoff else None,
         }
 
     def postprocess(self, model_outputs: dict) -> list[dict]:

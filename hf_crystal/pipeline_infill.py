@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Pipeline
 
 from hf_crystal import prompts
+from hf_crystal.crystal_format import format_of
 from hf_crystal.text import ELEMENT_SYMBOLS, encode
 from hf_crystal.tokenization import prepare_for_batched_generation
 
@@ -96,7 +97,9 @@ class CrystalInfillPipeline(Pipeline):
             symbols = [s for s in symbols if s != mask_element]
         if not symbols:
             raise ValueError("no candidate element left to rank")
-        prompt = prompts.infill_prompt(prompts.mask_element(encode(structure), mask_element))
+        crystal_format = format_of(self.model.config)  # the format the model was trained on
+        text = encode(structure, format=crystal_format)
+        prompt = prompts.infill_prompt(prompts.mask_element(text, mask_element, crystal_format))
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         return {
             "input_ids": encoded["input_ids"],

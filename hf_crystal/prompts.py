@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Structure
 
+from hf_crystal.crystal_format import DEFAULT_FORMAT, check_format
 from hf_crystal.text import as_rng, encode
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "MASK",
     "MP20_FORMULA_UNITS",
     "FormulaUnitsError",
+    "GENERATION_INSTRUCTIONS",
     "TaskMix",
     "cell_formulas",
     "condition_cells",
@@ -42,6 +44,14 @@ GENERATION_INSTRUCTION = (
     "Generate a description of the lengths and angles of the lattice vectors and then the element type "
     "and coordinates for each atom within the lattice:"
 )
+# The Wyckoff text's instruction; words outside the crystal tokenizer's vocabulary ("free", "Wyckoff", ...) are
+# read character by character (the vocabulary is kept as it is: its size seeds every model built from it).
+WYCKOFF_INSTRUCTION = (
+    "Generate a description of the spacegroup number and the free lattice lengths and angles and then the "
+    "element type, Wyckoff position and free coordinates for each orbit within the lattice:"
+)
+#: The generation instruction of each crystal text format.
+GENERATION_INSTRUCTIONS = {"xyz": GENERATION_INSTRUCTION, "wyckoff": WYCKOFF_INSTRUCTION}
 INFILL_HEADER = f'Below is a partial description of a bulk material where one element has been replaced with the string "{MASK}":'
 INFILL_INSTRUCTION = f"Generate an element that could replace {MASK} in the bulk material:"
 
@@ -172,17 +182,19 @@ def _format_value(key: str, value: Any) -> str:
     return str(round(float(value), FLOAT_DECIMALS))
 
 
-def generation_prompt(conditions: Mapping[str, Any] | None = None) -> str:
+def generation_prompt(conditions: Mapping[str, Any] | None = None, format: str = DEFAULT_FORMAT) -> str:
     """The generation prompt, with condition sentences in the order of `CONDITIONS`.
 
-    Keys other than those of `CONDITIONS` raise ValueError; None values are left out.
+    Keys other than those of `CONDITIONS` raise ValueError; None values are left out. `format` ("xyz" or
+    "wyckoff") chooses the instruction line, which describes the crystal text that follows.
     """
     conditions = {k: v for k, v in (conditions or {}).items() if v is not None}
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
         raise ValueError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
     sentences = [f"{CONDITIONS[k]} {_format_value(k, conditions[k])}." for k in CONDITIONS if k in conditions]
-    return " ".join([GENERATION_HEADER, *sentences]) + "\n" + GENERATION_INSTRUCTION + "\n"
+    instruction = GENERATION_INSTRUCTIONS[check_format(format)]
+    return " ".join([GENERATION_HEADER, *sentences]) + "\n" + instruction + "\n"
 
 
 def parse_conditions(prompt: str) -> dict[str, Any]:
@@ -203,17 +215,27 @@ def generation_example(
     *,
     translate: str | None = "random",
     seed: int | np.random.Generator | None = None,
+    format: str = DEFAULT_FORMAT,
 ) -> dict[str, str]:
-    """A generation task: prompt with `conditions`, completion the (augmented) crystal text."""
+    """A generation task: prompt with `conditions`, completion the (augmented) crystal text in `format`."""
     return {
-        "prompt": generation_prompt(conditions),
-        "completion": encode(structure, translate=translate, seed=seed),
+        "prompt": generation_prompt(conditions, format),
+        "completion": encode(structure, format=format, translate=translate, seed=seed),
     }
 
 
-def mask_element(text: str, element: str) -> str:
-    """Replace the element lines of `element` in crystal text by [MASK] (whole lines: N never hits Na)."""
+def mask_element(text: str, element: str, format: str = DEFAULT_FORMAT) -> str:
+    """Replace `element` in crystal text by [MASK]: its element lines ("xyz"), or the element field of its
+    orbit lines ("wyckoff"). Whole fields only: N never hits Na."""
     lines = text.split("\n")
+    if check_format(format) == "wyckoff":
+        orbits = [line.split(" ", 1) for line in lines[2:]]
+        if element not in [fields[0] for fields in orbits]:
+            raise ValueError(f"element {element!r} is not in the structure")
+        masked = [
+            " ".join([MASK, *fields[1:]]) if fields[0] == element else " ".join(fields) for fields in orbits
+        ]
+        return "\n".join(lines[:2] + masked)
     if element not in lines[2::2]:
         raise ValueError(f"element {element!r} is not in the structure")
     return "\n".join(
@@ -232,14 +254,15 @@ def infill_example(
     *,
     translate: str | None = "random",
     seed: int | np.random.Generator | None = None,
+    format: str = DEFAULT_FORMAT,
 ) -> dict[str, str]:
     """An infill task: all sites of `element` (random if None) masked; the completion is the element."""
     rng = as_rng(seed)
     if element is None:
         symbols = sorted({site.specie.symbol for site in structure})
         element = symbols[rng.integers(len(symbols))]
-    text = encode(structure, translate=translate, seed=rng)
-    return {"prompt": infill_prompt(mask_element(text, element)), "completion": element}
+    text = encode(structure, format=format, translate=translate, seed=rng)
+    return {"prompt": infill_prompt(mask_element(text, element, format)), "completion": element}
 
 
 class TaskMix:
@@ -254,6 +277,7 @@ class TaskMix:
         infill_fraction: probability of an infill task.
         conditions: condition keys the generation prompts may use (default: all of `CONDITIONS`).
         translate: augmentation passed to `encode` ("random" or None).
+        format: the crystal text format of prompts and completions ("xyz" or "wyckoff").
     """
 
     def __init__(
@@ -261,6 +285,7 @@ class TaskMix:
         infill_fraction: float = DEFAULT_INFILL_FRACTION,
         conditions: tuple[str, ...] = tuple(CONDITIONS),
         translate: str | None = "random",
+        format: str = DEFAULT_FORMAT,
     ):
         if not 0 <= infill_fraction <= 1:
             raise ValueError(f"infill_fraction must be in [0, 1], got {infill_fraction}")
@@ -270,6 +295,7 @@ class TaskMix:
         self.infill_fraction = infill_fraction
         self.conditions = tuple(conditions)
         self.translate = translate
+        self.format = check_format(format)
 
     def __call__(
         self,
@@ -280,12 +306,12 @@ class TaskMix:
         """One task for `structure`; `properties` holds condition values (formula comes from the structure)."""
         rng = as_rng(seed)
         if rng.random() < self.infill_fraction:
-            return infill_example(structure, translate=self.translate, seed=rng)
+            return infill_example(structure, translate=self.translate, seed=rng, format=self.format)
         values = {"formula": structure.composition, **(properties or {})}
         available = [k for k in self.conditions if _present(values.get(k))]
         k = int(rng.integers(len(available) + 1))
         chosen = {key: values[key] for key in rng.permutation(available)[:k]}
-        return generation_example(structure, chosen, translate=self.translate, seed=rng)
+        return generation_example(structure, chosen, translate=self.translate, seed=rng, format=self.format)
 
 
 def _present(value: Any) -> bool:

@@ -232,7 +232,18 @@ def read_structures(path: str | Path) -> tuple[list[str], list[Structure], list[
 
 SAMPLE_FORMATS = (".cif", ".extxyz", ".csv", ".jsonl")
 _SAMPLE_ID = re.compile(r"sample-(\d+)")
-_CSV_COLUMNS = ("material_id", "text", "valid", "error", "conditions", "attempts", "formula", "cif")
+_CSV_COLUMNS = (
+    "material_id",
+    "text",
+    "valid",
+    "error",
+    "conditions",
+    "attempts",
+    "formula",
+    "spacegroup",
+    "wyckoff",
+    "cif",
+)
 
 
 #: Files that hold structures only (no text, no errors): what `append_structures` writes.
@@ -322,5 +333,8 @@ class SampleWriter:
             "conditions": json.dumps(sample.get("conditions") or {}),
             "attempts": sample.get("attempts", 1),
             "formula": structure.composition.formula.replace(" ", "") if structure is not None else None,
+            # Wyckoff text: the space group written and the Wyckoff label of each orbit (None for xyz text).
+            "spacegroup": sample.get("spacegroup"),
+            "wyckoff": " ".join(sample["wyckoff"]) if sample.get("wyckoff") else None,
             "cif": cif_block(structure, name) if structure is not None else None,
         }

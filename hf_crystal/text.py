@@ -1,13 +1,15 @@
-"""Crystal structures as text (Gruver et al. 2024) and back.
+"""Crystal structures as text and back, in one of two formats (`CRYSTAL_FORMATS`).
 
-The format, one value group per line::
+"xyz", the default, is the format of Gruver et al. (2024); "wyckoff" writes the space group, the free
+lattice parameters and one line per Wyckoff orbit (`hf_crystal.text_wyckoff`). The xyz format, one value
+group per line::
 
     4.2 4.2 4.2        lattice lengths a b c in Å, 1 decimal
     90 90 90           angles alpha beta gamma in degrees, integers
     Na                 element symbol of site 1
     0.00 0.00 0.00     fractional coordinates of site 1, 2 decimals, in [0, 1)
 
-`decode` accepts anything a language model can write: it returns a `Structure` or raises
+In both formats `decode` accepts anything a language model can write: it returns a `Structure` or raises
 `CrystalParseError` naming the offending line and the reason.
 """
 
@@ -18,11 +20,16 @@ import math
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
+from hf_crystal.crystal_format import CRYSTAL_FORMATS, DEFAULT_FORMAT, check_format
+
 __all__ = [
+    "CRYSTAL_FORMATS",
+    "DEFAULT_FORMAT",
     "ELEMENT_SYMBOLS",
     "CrystalParseError",
     "DisorderedStructureError",
     "as_rng",
+    "check_format",
     "decode",
     "encode",
     "try_decode",
@@ -38,11 +45,6 @@ LENGTH_RANGE = (1e-2, 1e4)
 # Smallest cell volume, in units of a*b*c, that still counts as a cell: below it the three lattice
 # vectors are (numerically) coplanar and fractional coordinates lose their meaning.
 _MIN_REDUCED_VOLUME = 1e-6
-
-
-#: Text formats `decode` reads: "xyz", Gruver et al.'s lattice + one element and coordinates line per site.
-FORMATS = ("xyz",)
-DEFAULT_FORMAT = "xyz"
 
 
 class CrystalParseError(ValueError):
@@ -66,6 +68,7 @@ def as_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
 def encode(
     structure: Structure,
     *,
+    format: str = DEFAULT_FORMAT,
     translate: str | np.ndarray | list[float] | None = None,
     permute: bool = False,
     seed: int | np.random.Generator | None = None,
@@ -74,11 +77,22 @@ def encode(
 
     Args:
         structure: an ordered pymatgen structure.
-        translate: None (as is), "random" (one uniform fractional shift of all sites, the paper's
-            training augmentation) or a fractional shift vector. Coordinates are wrapped into [0, 1).
-        permute: shuffle the order of the sites.
+        format: "xyz" or "wyckoff" (`CRYSTAL_FORMATS`).
+        translate: None (as is), "random" (the training augmentation) or, for "xyz", a fractional shift
+            vector. "xyz": "random" is one uniform fractional shift of all sites, coordinates are wrapped
+            into [0, 1). "wyckoff": None writes the canonical text, "random" draws the origin and the
+            representative site of each orbit.
+        permute: shuffle the order of the sites ("xyz") or of the orbit lines ("wyckoff").
         seed: seed or numpy Generator for "random" translation and permutation.
     """
+    if check_format(format) == "wyckoff":
+        from hf_crystal import text_wyckoff
+
+        if translate is not None and not (isinstance(translate, str) and translate == "random"):
+            raise ValueError(
+                f"the Wyckoff text fixes the origin: translate must be None or 'random', got {translate!r}"
+            )
+        return text_wyckoff.encode(structure, augment=translate is not None, permute=permute, seed=seed)
     if not structure.is_ordered:
         raise DisorderedStructureError(
             f"{structure.composition.formula} has partial occupancies; the crystal text format holds one "
@@ -151,14 +165,18 @@ def _lattice(abc: list[float], angles: list[float], linenos: tuple[int, int]) ->
 def decode(text: str, format: str = DEFAULT_FORMAT) -> Structure:
     """Parse crystal text into a `Structure`; raise `CrystalParseError` for anything else.
 
-    Blank lines and surrounding spaces are ignored; coordinates outside [0, 1) are wrapped.
+    Blank lines and surrounding spaces are ignored; coordinates outside [0, 1) are wrapped. A "wyckoff"
+    text decodes to its primitive cell, with site property "wyckoff" (the label of each site's orbit) and
+    `properties["spacegroup"]`.
 
     Args:
         text (`str`): What a model wrote (the completion, without the prompt).
-        format (`str`): The text format, one of `FORMATS`.
+        format (`str`): The text format, one of `CRYSTAL_FORMATS`.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown crystal text format {format!r}; known: {FORMATS}")
+    if check_format(format) == "wyckoff":
+        from hf_crystal import text_wyckoff
+
+        return text_wyckoff.decode(text)
     if not isinstance(text, str):
         raise CrystalParseError(f"expected a string, got {type(text).__name__}")
     numbered = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -188,6 +206,7 @@ def decode(text: str, format: str = DEFAULT_FORMAT) -> Structure:
 
 def try_decode(text: str, format: str = DEFAULT_FORMAT) -> tuple[Structure | None, CrystalParseError | None]:
     """`decode` for bulk use: (structure, None) on success, (None, error) otherwise."""
+    check_format(format)
     try:
         return decode(text, format), None
     except CrystalParseError as err:

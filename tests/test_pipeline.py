@@ -52,7 +52,16 @@ def test_unconstrained_garbage_comes_back_with_errors(pipe):
     samples = pipe(6, constrain=False, max_new_tokens=30, seed=0, batch_size=3)
     assert len(samples) == 6
     for sample in samples:
-        assert set(sample) == {"text", "structure", "valid", "error", "conditions", "attempts"}
+        assert set(sample) == {
+            "text",
+            "structure",
+            "valid",
+            "error",
+            "conditions",
+            "attempts",
+            "spacegroup",
+            "wyckoff",
+        }
         assert sample["structure"] is None and sample["valid"] is False and sample["attempts"] == 1
         assert isinstance(sample["error"], str) and sample["error"]
 

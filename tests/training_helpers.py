@@ -11,8 +11,9 @@ from factories import structures
 from hf_crystal.data import build_dataset, save_dataset
 
 
-def crystal_dataset(out: Path) -> Path:
-    """A dataset folder (as `hf-crystal dataset build` writes it) of the small factory structures with properties."""
+def crystal_dataset(out: Path, format: str = "xyz") -> Path:
+    """A dataset folder (as `hf-crystal dataset build` writes it) of the small factory structures with properties,
+    its text in `format`."""
     rng = np.random.default_rng(0)
     small = {name: s for name, s in structures().items() if len(s) <= 16}
     frame = pd.DataFrame(
@@ -26,5 +27,5 @@ def crystal_dataset(out: Path) -> Path:
     )
     csv = out.parent / f"{out.name}.csv"
     frame.to_csv(csv)
-    dataset, _ = build_dataset(csv, split_fractions=(1.0, 0.0, 0.0))
+    dataset, _ = build_dataset(csv, split_fractions=(1.0, 0.0, 0.0), format=format)
     return save_dataset(dataset, out)

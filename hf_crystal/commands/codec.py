@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.crystal_format import CRYSTAL_FORMATS, DEFAULT_FORMAT
+
+FORMAT_HELP = "crystal text format: xyz (Gruver et al.) or wyckoff (space group + Wyckoff orbits)"
 
 __all__ = ["add_parsers"]
 
@@ -27,6 +30,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from hf_crystal.structure_io import iter_records
     from hf_crystal.text import encode
 
+    if args.format == "wyckoff" and isinstance(args.translate, list):
+        raise UsageError("--format wyckoff fixes the origin: use --translate random (or none)")
+
     out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     n_ok = n_bad = 0
     try:
@@ -37,7 +43,11 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                     print(f"skipped {record.material_id}: {record.error}", file=sys.stderr)
                     continue
                 text = encode(
-                    record.structure, translate=args.translate, permute=args.permute, seed=args.seed
+                    record.structure,
+                    format=args.format,
+                    translate=args.translate,
+                    permute=args.permute,
+                    seed=args.seed,
                 )
                 out.write(f"# {record.material_id}\n{text}\n\n")
                 n_ok += 1
@@ -59,7 +69,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     n_ok = 0
     with open(args.out, "w") as out:
         for i, (name, body) in enumerate(blocks):
-            structure, error = try_decode(body)
+            structure, error = try_decode(body, args.format)
             if error is not None:
                 print(f"skipped block {i + 1} ({name or 'unnamed'}): {error}", file=sys.stderr)
                 continue
@@ -79,8 +89,13 @@ def add_parsers(subparsers) -> None:
     )
     enc.add_argument("inputs", nargs="+", help="CIF files or folders, CDVAE CSVs, .extxyz or .jsonl")
     enc.add_argument("--out", help="output text file (default: stdout)")
-    enc.add_argument("--translate", type=_translation, help="'random' or a fractional shift 'x,y,z'")
-    enc.add_argument("--permute", action="store_true", help="shuffle the site order")
+    enc.add_argument("--format", choices=CRYSTAL_FORMATS, default=DEFAULT_FORMAT, help=FORMAT_HELP)
+    enc.add_argument(
+        "--translate",
+        type=_translation,
+        help="'random' or a fractional shift 'x,y,z' (wyckoff: 'random' draws origin and representatives)",
+    )
+    enc.add_argument("--permute", action="store_true", help="shuffle the site (wyckoff: orbit line) order")
     enc.add_argument("--seed", type=int, help="seed for --translate random / --permute")
     enc.set_defaults(func=_cmd_encode)
 
@@ -91,4 +106,5 @@ def add_parsers(subparsers) -> None:
     )
     dec.add_argument("input", help="text file, or - for stdin")
     dec.add_argument("--out", required=True, help="output .cif file")
+    dec.add_argument("--format", choices=CRYSTAL_FORMATS, default=DEFAULT_FORMAT, help=FORMAT_HELP)
     dec.set_defaults(func=_cmd_decode)

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.crystal_format import CRYSTAL_FORMATS, DEFAULT_FORMAT
 
 __all__ = ["add_parser"]
 
@@ -38,7 +39,7 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
             "give either one SOURCE (split with --split-fractions) or --train/--validation/--test files"
         )
     dataset, report = build_dataset(
-        per_split or args.source, split_fractions=args.split_fractions, seed=args.seed
+        per_split or args.source, split_fractions=args.split_fractions, seed=args.seed, format=args.format
     )
     if not dataset:
         raise UsageError(f"no structure could be read; {report.summary()}")
@@ -73,6 +74,13 @@ def add_parser(subparsers) -> None:
     )
     build.add_argument("--split-fractions", type=_split_fractions, default=(0.8, 0.1, 0.1), metavar="F,F,F")
     build.add_argument("--seed", type=int, default=42, help="seed of the split")
+    build.add_argument(
+        "--format",
+        choices=CRYSTAL_FORMATS,
+        default=DEFAULT_FORMAT,
+        help="crystal text format of the text column: xyz (Gruver et al.) or wyckoff (space group + Wyckoff "
+        "orbits); recorded in the dataset (crystal_format column, card), where training reads it",
+    )
     build.add_argument("--license", default="other", help="license for the card metadata")
     build.add_argument("--push-to-hub", metavar="REPO_ID", help="also push to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo private")

@@ -51,16 +51,22 @@ def ipt(
 
     ``prompt`` defaults to ``hf_crystal.prompts.generation_prompt()`` (no conditions).
     """
+    from hf_crystal.crystal_format import format_of
     from hf_crystal.prompts import generation_prompt
     from hf_crystal.text import encode
 
-    prompt = generation_prompt() if prompt is None else prompt
+    crystal_format = format_of(model.config)
+    prompt = generation_prompt(None, crystal_format) if prompt is None else prompt
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     ipts, ppls = [], []
     for s in tqdm(structures, desc="IPT", disable=not progress):
-        texts = [encode(s)] + [encode(s, translate=rng.random(3)) for _ in range(n_translations)]
+        if crystal_format == "wyckoff":  # the analogue of a translation: a drawn origin and representatives
+            moved = [encode(s, format="wyckoff", translate="random", seed=rng) for _ in range(n_translations)]
+            texts = [encode(s, format="wyckoff"), *moved]
+        else:
+            texts = [encode(s)] + [encode(s, translate=rng.random(3)) for _ in range(n_translations)]
         values = np.array([text_perplexity(model, tokenizer, t, prompt) for t in texts])
         ipts.append(values.mean() - values.min())
         ppls.append(values[0])

@@ -35,6 +35,7 @@ from hf_crystal.training.common import (
     load_task_structures,
     make_parser,
     parse_configs,
+    record_format,
     resume_checkpoint,
     task_dataset,
     trainer_args,
@@ -143,7 +144,10 @@ def train_base(
     args = trainer_args(training_args)
     resume = resume_checkpoint(script_args, training_args)
     structures, properties = load_task_structures(script_args, seed=training_args.seed)
-    mix = TaskMix(script_args.infill_fraction, tuple(script_args.conditions))
+    record_format(model.config, script_args.crystal_format)
+    mix = TaskMix(
+        script_args.infill_fraction, tuple(script_args.conditions), format=script_args.crystal_format
+    )
     epochs = epochs_to_draw(script_args, training_args, len(structures))
     train = task_dataset(structures, properties, mix, epochs=epochs, seed=training_args.seed)
     trainer = SFTTrainer(

@@ -41,6 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from hf_crystal.cards import render_model_card
+from hf_crystal.crystal_format import CRYSTAL_FORMATS, DEFAULT_FORMAT, WYCKOFF_SETTING
 from hf_crystal.data import build_dataset, load_crystal_dataset
 from hf_crystal.hub import CHECKPOINT_SUBDIR, push_folder
 from hf_crystal.prompts import CONDITIONS, DEFAULT_INFILL_FRACTION, TaskMix
@@ -58,6 +59,7 @@ __all__ = [
     "load_task_structures",
     "make_parser",
     "parse_configs",
+    "record_format",
     "resume_checkpoint",
     "row_structure",
     "task_dataset",
@@ -169,6 +171,14 @@ class CrystalScriptArguments(DataArguments):
             '\'{"formation_energy_per_atom": "heat_ref"}\''
         },
     )
+    crystal_format: str | None = field(
+        default=None,
+        metadata={
+            "help": f"crystal text format to train in ({', '.join(CRYSTAL_FORMATS)}); default: the dataset's "
+            "crystal_format column, else xyz. Saved in the model's config (crystal_format), where the "
+            "pipeline and the commands read it"
+        },
+    )
     metrics: str | None = field(
         default=None, metadata={"help": "metrics JSON (hf-crystal evaluate) whose numbers go on the card"}
     )
@@ -183,6 +193,10 @@ class CrystalScriptArguments(DataArguments):
             raise TrainingConfigError(f"unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
         if not 0 <= self.infill_fraction <= 1:
             raise TrainingConfigError(f"infill_fraction must be in [0, 1], got {self.infill_fraction}")
+        if self.crystal_format is not None and self.crystal_format not in CRYSTAL_FORMATS:
+            raise TrainingConfigError(
+                f"crystal_format must be one of {', '.join(CRYSTAL_FORMATS)}, got {self.crystal_format!r}"
+            )
 
 
 class TrainingParser(TrlParser):
@@ -303,9 +317,17 @@ def load_task_structures(
 ) -> tuple[list[Structure], list[dict[str, Any]]]:
     """The structures of the training split and, for each, the condition values the task mix may use.
 
-    `seed` splits a structure source file that is built on the fly.
+    `seed` splits a structure source file that is built on the fly. A `script_args.crystal_format` left
+    None is set to the dataset's (its `crystal_format` column; "xyz" for a dataset without one).
     """
     rows = training_rows(script_args.dataset, script_args.train_split, seed)
+    if script_args.crystal_format is None:
+        formats = set(rows["crystal_format"]) if "crystal_format" in rows.column_names else set()
+        if len(formats) > 1:
+            raise TrainingConfigError(
+                f"dataset {script_args.dataset!r} mixes crystal formats {sorted(formats)}: give --crystal_format"
+            )
+        script_args.crystal_format = formats.pop() if formats else DEFAULT_FORMAT
     property_columns = script_args.property_columns
     missing = sorted({c for c in property_columns.values() if c not in rows.column_names})
     if missing or ("cif" not in rows.column_names and "text" not in rows.column_names):
@@ -338,6 +360,13 @@ def task_dataset(
             prompts.append(task["prompt"])
             completions.append(task["completion"])
     return Dataset.from_dict({"prompt": prompts, "completion": completions})
+
+
+def record_format(config: Any, crystal_format: str) -> None:
+    """Write `crystal_format` (and, for Wyckoff text, its setting) into a model config, for the pipeline."""
+    config.crystal_format = crystal_format
+    if crystal_format == "wyckoff":
+        config.crystal_format_setting = WYCKOFF_SETTING
 
 
 def epochs_to_draw(script_args: CrystalScriptArguments, training_args: SFTConfig, n_structures: int) -> int:

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoConfig, AutoTokenizer, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
+from hf_crystal.crystal_format import format_of
 from hf_crystal.prompts import TaskMix
 from hf_crystal.training.common import (
     CrystalScriptArguments,
@@ -161,6 +162,23 @@ def _validate(script_args: LoraScriptArguments, training_args: SFTConfig, model_
         )
 
 
+def _base_format(script_args: LoraScriptArguments, model_args: ModelConfig) -> str:
+    """The crystal format of the adapter: its base's `config.crystal_format` ("xyz" when absent).
+
+    An adapter folder has no config of its own: the pipeline reads the format from the base's config, so an
+    adapter is trained in the format of its base.
+    """
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    base_format = format_of(config)
+    if script_args.crystal_format not in (None, base_format):
+        raise TrainingConfigError(
+            f"the base {model_args.model_name_or_path} writes {base_format} text (config.crystal_format) and the "
+            f"pipeline reads an adapter's format from its base: train the adapter in {base_format}, or a base "
+            f"in {script_args.crystal_format} first (train base --crystal_format {script_args.crystal_format})"
+        )
+    return base_format
+
+
 def parse_args(
     argv: Sequence[str] | None = None, prog: str | None = None
 ) -> tuple[LoraScriptArguments, SFTConfig, ModelConfig]:
@@ -192,8 +210,11 @@ def train_lora(
     args = trainer_args(training_args, model_init_kwargs=init_kwargs)
     resume = resume_checkpoint(script_args, training_args)
     tokenizer = AutoTokenizer.from_pretrained(script_args.tokenizer) if script_args.tokenizer else None
+    script_args.crystal_format = _base_format(script_args, model_args)
     structures, properties = load_task_structures(script_args, seed=training_args.seed)
-    mix = TaskMix(script_args.infill_fraction, tuple(script_args.conditions))
+    mix = TaskMix(
+        script_args.infill_fraction, tuple(script_args.conditions), format=script_args.crystal_format
+    )
     epochs = epochs_to_draw(script_args, training_args, len(structures))
     train = task_dataset(structures, properties, mix, epochs=epochs, seed=training_args.seed)
     trainer = SFTTrainer(

@@ -1,0 +1,458 @@
+"""Constrained decoding of Wyckoff text (`hf_crystal.text_wyckoff`): a `LogitsProcessor` that lets a model
+write only Wyckoff text that decodes, in the requested space group and with the requested composition.
+
+What is enforced, character by character, on the completion exactly as `text_wyckoff.encode` writes it:
+
+- space-group line: a number 1-230 (the requested group, or with a composition only the groups whose Wyckoff
+  positions can hold it);
+- lattice line: only the parameters the crystal system leaves free, lengths ``[1-9]\\d{0,2}\\.\\d``, angles
+  integers 1-179 (a triclinic triple closes a cell, as in `hf_crystal.constraints`);
+- orbit lines ``El NNx[ 0.dd]*``: an element (of the composition with atoms left, or of `elements`), then only
+  a Wyckoff label of that group, followed by exactly as many free coordinates as the position has; a fixed
+  position (no free coordinate) at most once per crystal (two orbits on one point are no crystal);
+- with a composition (atoms of the primitive cell): a label only when the atoms it adds (its multiplicity over
+  the centering) leave counts that the group's remaining positions can still fill, so every sample ends with
+  exactly the composition; EOS only then. Without one: at most `max_sites` atoms of the primitive cell.
+
+The grammar is a character automaton over immutable states; each state's allowed tokens are found once by
+walking the vocabulary trie (cached per state), each row's state is advanced by its new tokens. A request no
+orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before generation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+from hf_crystal.constraints import (
+    DEFAULT_MAX_SITES,
+    LENGTH_INT_DIGITS,
+    MAX_ANGLE,
+    MIN_ANGLE,
+    ConstraintError,
+    _angle_range,
+    _can_extend,
+    _token_texts,
+)
+from hf_crystal.text import ELEMENT_SYMBOLS
+from hf_crystal.text_wyckoff import _CENTERING_VECTORS, lattice_parameter_names
+
+__all__ = ["WyckoffConstraint", "WyckoffLogitsProcessor", "feasible_groups"]
+
+_VALUE = "0.dd"  # a free coordinate, "d" a digit
+_PREFIXES = frozenset(s[:k] for s in ELEMENT_SYMBOLS for k in range(1, len(s) + 1))
+_EOS = None  # the "character" EOS in the automaton
+
+
+@cache
+def _positions(number: int) -> tuple[tuple[str, int, int, bool], ...]:
+    """(label, atoms in the primitive cell, free coordinates, fixed) of each Wyckoff position of a group, "a"
+    first. Read from pyxtal's tables directly (all 230 groups in well under a second, for feasibility)."""
+    from pyxtal.symmetry import Group, get_wyckoffs, letters
+
+    per_cell = 1 + len(_CENTERING_VECTORS[Group(number, quick=True).symbol[0]])
+    positions = []
+    for rank, ops in enumerate(reversed(get_wyckoffs(number))):
+        dof = int((np.abs(ops[0].rotation_matrix).sum(axis=0) > 0).sum())
+        positions.append((f"{len(ops)}{letters[rank]}", len(ops) // per_cell, dof, dof == 0))
+    return tuple(positions)
+
+
+@cache
+def _free_sums(number: int, limit: int) -> frozenset[int]:
+    """Atom counts (up to `limit`) that orbits on positions with free coordinates can make, any number of each."""
+    sizes = sorted({m for _, m, _, fixed in _positions(number) if not fixed})
+    reach = np.zeros(limit + 1, dtype=bool)
+    reach[0] = True
+    for n in range(1, limit + 1):
+        reach[n] = any(reach[n - m] for m in sizes if m <= n)
+    return frozenset(np.flatnonzero(reach).tolist())
+
+
+@cache
+def _fillable(number: int, counts: tuple[int, ...], used: frozenset[str]) -> bool:
+    """Whether orbits of group `number` can hold exactly `counts` atoms per element, the fixed positions in
+    `used` being taken already (each fixed position holds one orbit)."""
+    if not counts:
+        return True
+    limit = max(counts)
+    free = _free_sums(number, limit)
+    fixed = [(label, m) for label, m, _, is_fixed in _positions(number) if is_fixed and label not in used]
+    first, rest = counts[0], counts[1:]
+    # Which fixed positions the first element takes (a subset), the rest of its atoms on free positions.
+    for mask in range(1 << len(fixed)):
+        chosen = [fixed[i] for i in range(len(fixed)) if mask >> i & 1]
+        total = sum(m for _, m in chosen)
+        if total <= first and first - total in free:
+            if _fillable(number, rest, used | frozenset(label for label, _ in chosen)):
+                return True
+    return False
+
+
+def feasible_groups(composition: Mapping[str, int]) -> list[int]:
+    """Space groups whose Wyckoff positions can hold `composition` (atoms of the primitive cell)."""
+    counts = tuple(sorted(int(n) for n in composition.values()))
+    return [n for n in range(1, 231) if _fillable(n, counts, frozenset())]
+
+
+@dataclass(frozen=True)
+class WyckoffConstraint:
+    """What one prompt's Wyckoff-text completions may contain.
+
+    Args:
+        spacegroup: the space group to write (None: any the composition allows).
+        composition: exact atom counts of the primitive cell, e.g. {"Na": 1, "Cl": 1}.
+        elements: allowed element symbols when there is no composition (None: all 118).
+        max_sites: most atoms of the primitive cell (without a composition).
+
+    Raises `ConstraintError` for a request no orbits can meet.
+    """
+
+    spacegroup: int | None = None
+    composition: Mapping[str, int] | None = None
+    elements: tuple[str, ...] | None = None
+    max_sites: int = DEFAULT_MAX_SITES
+
+    def __post_init__(self):
+        if self.spacegroup is not None and not (
+            isinstance(self.spacegroup, int | np.integer) and 1 <= self.spacegroup <= 230
+        ):
+            raise ConstraintError(f"spacegroup must be an integer 1-230, got {self.spacegroup!r}")
+        if not (isinstance(self.max_sites, int) and self.max_sites >= 1):
+            raise ConstraintError(f"max_sites must be a positive integer, got {self.max_sites!r}")
+        for symbol in [*(self.elements or ()), *(self.composition or ())]:
+            if symbol not in ELEMENT_SYMBOLS:
+                raise ConstraintError(f"unknown element symbol {symbol!r}")
+        if self.composition is None:
+            return
+        if not self.composition or any(int(n) != n or n < 1 for n in self.composition.values()):
+            raise ConstraintError(
+                f"composition counts must be whole numbers >= 1, got {dict(self.composition)}"
+            )
+        groups = self.groups
+        if not groups:
+            where = f"space group {self.spacegroup}" if self.spacegroup else "any space group"
+            raise ConstraintError(
+                f"no Wyckoff orbits of {where} add up to {dict(self.composition)} (atoms of the primitive cell): "
+                "ask for another space group or number of formula units"
+            )
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The space groups a completion may write."""
+        candidates = range(1, 231) if self.spacegroup is None else [int(self.spacegroup)]
+        if self.composition is None:
+            return tuple(candidates)
+        counts = tuple(sorted(int(n) for n in self.composition.values()))
+        return tuple(n for n in candidates if _fillable(n, counts, frozenset()))
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens that always suffice for a complete completion and its EOS (>= 1 character per token)."""
+        sites = self.max_sites if self.composition is None else int(sum(self.composition.values()))
+        header = len("230\n") + 3 * len("999.9 ") + 3 * len("179 ")
+        return header + sites * len("\nXx 192l 0.00 0.00 0.00") + 1
+
+
+# ------------------------------------------------------------------------------------------------- automaton
+# A state is a tuple: (phase, context, ...). The context of the orbit lines is (group, remaining, used, sites):
+# remaining = ((element, atoms left), ...) with a composition, else None; used = fixed labels taken; sites =
+# atoms of the primitive cell so far.
+
+
+class _Grammar:
+    """The automaton of one constraint: `step(state, ch)` -> next state or None; ch None is EOS."""
+
+    def __init__(self, constraint: WyckoffConstraint):
+        self.groups = frozenset(constraint.groups)
+        self.group_texts = tuple(str(n) for n in sorted(self.groups))
+        self.exact = constraint.composition is not None
+        self.elements = frozenset(constraint.elements or ELEMENT_SYMBOLS)
+        self.max_sites = constraint.max_sites
+        remaining = None
+        if self.exact:
+            remaining = tuple(sorted((s, int(n)) for s, n in constraint.composition.items()))
+        self.start = ("sg", "", remaining)
+        self._startable: dict[tuple, frozenset[str]] = {}
+
+    # Orbit options -------------------------------------------------------------------------------------
+    def _fits(self, context, element: str, label: str, atoms: int, fixed: bool) -> bool:
+        group, remaining, used, sites = context
+        if fixed and label in used:
+            return False
+        if not self.exact:
+            return element in self.elements and sites + atoms <= self.max_sites
+        left = dict(remaining)
+        if left.get(element, 0) < atoms:
+            return False
+        left[element] -= atoms
+        counts = tuple(sorted(n for n in left.values() if n))
+        return _fillable(group, counts, used | {label} if fixed else used)
+
+    def labels(self, context, element: str) -> list[tuple[str, int, int, bool]]:
+        return [p for p in _positions(context[0]) if self._fits(context, element, p[0], p[1], p[3])]
+
+    def can_start_orbit(self, context, element: str | None = None) -> bool:
+        """Whether another orbit line (of `element`, if given) can follow."""
+        group, remaining, used, sites = context
+        if self.exact:
+            return any(n for _, n in remaining) if element is None else dict(remaining).get(element, 0) > 0
+        if element is not None and element not in self.elements:
+            return False
+        return any(
+            not (fixed and label in used) and sites + atoms <= self.max_sites
+            for label, atoms, _, fixed in _positions(group)
+        )
+
+    def startable(self, context) -> frozenset[str]:
+        """The elements an orbit line may start with in `context`."""
+        if context not in self._startable:
+            candidates = [e for e, n in context[1] if n] if self.exact else sorted(self.elements)
+            self._startable[context] = frozenset(
+                e for e in candidates if self.can_start_orbit(context, e) and self.labels(context, e)
+            )
+        return self._startable[context]
+
+    def _after_label(self, context, element: str, position) -> tuple:
+        group, remaining, used, sites = context
+        label, atoms, _, fixed = position
+        if remaining is not None:
+            remaining = tuple((e, n - atoms if e == element else n) for e, n in remaining)
+        return (group, remaining, used | {label} if fixed else used, sites + atoms)
+
+    # Transitions ---------------------------------------------------------------------------------------
+    def step(self, state: tuple, ch: str | None):
+        phase = state[0]
+        if phase == "sg":
+            _, prefix, remaining = state
+            if ch is not None and ch.isdigit() and any(t.startswith(prefix + ch) for t in self.group_texts):
+                return ("sg", prefix + ch, remaining)
+            if ch == "\n" and prefix in self.group_texts:
+                group = int(prefix)
+                names = lattice_parameter_names(group)
+                context = (group, remaining, frozenset(), 0)
+                return ("lat", context, names, 0, "", None)
+            return None
+        if phase == "lat":
+            return self._lattice(state, ch)
+        if phase == "el":
+            _, context, prefix = state
+            startable = self.startable(context)
+            if (
+                ch is not None
+                and prefix + ch in _PREFIXES
+                and any(e.startswith(prefix + ch) for e in startable)
+            ):
+                return ("el", context, prefix + ch)
+            if ch == " " and prefix in startable:
+                return ("label", context, prefix, "")
+            return None
+        if phase == "label":
+            _, context, element, prefix = state
+            if ch is None:
+                return None
+            for position in self.labels(context, element):
+                if position[0].startswith(prefix + ch):
+                    if prefix + ch == position[0]:
+                        after = self._after_label(context, element, position)
+                        return ("value", after, position[2], 0) if position[2] else ("end", after)
+                    return ("label", context, element, prefix + ch)
+            return None
+        if phase == "value":
+            _, context, left, k = state
+            if k == 0 and ch == " ":
+                return ("value", context, left, 1)
+            if 1 <= k <= len(_VALUE) and ch is not None:
+                expected = _VALUE[k - 1]
+                if ch.isdigit() if expected == "d" else ch == expected:
+                    if k == len(_VALUE):
+                        return ("value", context, left - 1, 0) if left > 1 else ("end", context)
+                    return ("value", context, left, k + 1)
+            return None
+        if phase == "end":
+            _, context = state
+            if ch == "\n" and self.can_start_orbit(context):
+                return ("el", context, "")
+            if ch is None and not (self.exact and self.can_start_orbit(context)):
+                return ("done",)
+            return None
+        return None
+
+    def _lattice(self, state: tuple, ch: str | None):
+        _, context, names, i, prefix, alpha = state
+        if ch is None:
+            return None
+        name = names[i]
+        last = i == len(names) - 1
+        separator = "\n" if last else " "
+        if len(name) == 1:  # a length: [1-9]\d{0,2}\.\d
+            whole, _, fraction = prefix.partition(".")
+            if "." not in prefix:
+                if ch.isdigit() and len(whole) < LENGTH_INT_DIGITS and (whole or ch != "0"):
+                    return ("lat", context, names, i, prefix + ch, alpha)
+                if ch == "." and whole:
+                    return ("lat", context, names, i, prefix + ch, alpha)
+            elif not fraction and ch.isdigit():
+                return ("lat", context, names, i, prefix + ch, alpha)
+            elif fraction and ch == separator:
+                return ("el", context, "") if last else ("lat", context, names, i + 1, "", alpha)
+            return None
+        # An angle: integers 1-179; a triclinic gamma closes a cell with alpha and beta.
+        lo, hi = MIN_ANGLE, MAX_ANGLE
+        if name == "gamma":
+            lo, hi = _angle_range(*alpha)
+        if ch.isdigit() and _can_extend(prefix + ch, lo, hi):
+            return ("lat", context, names, i, prefix + ch, alpha)
+        if prefix and lo <= int(prefix) <= hi and ch == separator:
+            if last:
+                return ("el", context, "")
+            seen = (*(alpha or ()), int(prefix)) if name in ("alpha", "beta") else alpha
+            return ("lat", context, names, i + 1, "", seen)
+        return None
+
+
+class _Vocabulary:
+    """A tokenizer's vocabulary as a trie of token texts."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        if tokenizer.eos_token_id is None:
+            raise ConstraintError(f"{type(tokenizer).__name__} has no EOS token: generation could never stop")
+        self.eos = tokenizer.eos_token_id
+        self.trie: dict = {}
+        for token_id, text in enumerate(_token_texts(tokenizer)):
+            if text:
+                node = self.trie
+                for ch in text:
+                    node = node.setdefault(ch, {})
+                node.setdefault(None, []).append(token_id)
+
+
+_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
+    cached = _VOCABULARIES.get(tokenizer)
+    if cached is None or cached[0] != len(tokenizer):
+        cached = _VOCABULARIES[tokenizer] = (len(tokenizer), _Vocabulary(tokenizer))
+    return cached[1]
+
+
+class _Rule:
+    """A constraint's grammar with its per-state tables: allowed tokens and where each leads."""
+
+    def __init__(self, constraint: WyckoffConstraint, vocabulary: _Vocabulary):
+        self.grammar = _Grammar(constraint)
+        self.vocabulary = vocabulary
+        self._tables: dict[tuple, dict[int, tuple]] = {}
+
+    def table(self, state: tuple) -> dict[int, tuple]:
+        """{token id: next state} of the tokens allowed in `state` (EOS -> ("done",))."""
+        if state not in self._tables:
+            moves: dict[int, tuple] = {}
+            stack = [(self.vocabulary.trie, state)]
+            while stack:
+                node, current = stack.pop()
+                if node is not self.vocabulary.trie:
+                    for token in node.get(None, ()):
+                        moves.setdefault(token, current)
+                for ch, child in node.items():
+                    if ch is not None:
+                        nxt = self.grammar.step(current, ch)
+                        if nxt is not None:
+                            stack.append((child, nxt))
+            if self.grammar.step(state, _EOS) is not None:
+                moves[self.vocabulary.eos] = ("done",)
+            self._tables[state] = moves
+        return self._tables[state]
+
+
+class WyckoffLogitsProcessor(LogitsProcessor):
+    """Masks every token that would make the completion stop being valid Wyckoff text (see module docstring).
+
+    Args:
+        tokenizer: the model's tokenizer (single tokens for the digits, ".", " ", "\\n", the letters; an EOS).
+        constraints: one `WyckoffConstraint` for every row, or one per row (one row per sample, as
+            `hf_crystal.generation_utils.generate_rows` expects).
+        prompt_length: width of the (left-padded) prompt batch: generated tokens start at this column.
+
+    Rows are recognised by their generated tokens (a row whose tokens do not continue the last call's is
+    replayed from the start), so sampling, greedy and beam search work; `select(rows)` gives the processor of a
+    subset of the rows, for a `generate` call that continues those rows only.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        constraints: WyckoffConstraint | Sequence[WyckoffConstraint],
+        prompt_length: int,
+    ):
+        vocabulary = _vocabulary(tokenizer)
+        constraints = [constraints] if isinstance(constraints, WyckoffConstraint) else list(constraints)
+        if not constraints or not all(isinstance(c, WyckoffConstraint) for c in constraints):
+            raise ConstraintError("constraints must be a WyckoffConstraint or a non-empty sequence of them")
+        self._rules = [_Rule(c, vocabulary) for c in constraints]
+        self._single = len(constraints) == 1
+        self._prompt_length = prompt_length
+        self._eos = vocabulary.eos
+        self._vocab_size = len(tokenizer)
+        self._row_rules: list[_Rule] | None = None
+        self._history: list[tuple[tuple[int, ...], tuple]] = []  # per row: (tokens applied, state)
+
+    def select(self, rows: Sequence[int]) -> WyckoffLogitsProcessor:
+        """The processor of rows `rows` only (in that order), with their states."""
+        other = object.__new__(WyckoffLogitsProcessor)
+        other.__dict__.update(self.__dict__)
+        other._row_rules = [self._row_rules[i] for i in rows]
+        other._history = [self._history[i] for i in rows]
+        return other
+
+    def _state(self, row: int, tokens: tuple[int, ...]) -> tuple:
+        rule = self._row_rules[row]
+        done, state = self._history[row]
+        if tokens[: len(done)] != done:
+            done, state = (), rule.grammar.start
+        for token in tokens[len(done) :]:
+            if state == ("done",):
+                break
+            table = rule.table(state)
+            if token not in table:
+                raise ConstraintError(
+                    f"token {token} cannot follow the text written so far: it was not allowed by this processor"
+                )
+            state = table[token]
+        self._history[row] = (tokens, state)
+        return state
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[-1] < self._vocab_size:
+            raise ConstraintError(
+                f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens"
+            )
+        generated = input_ids[:, self._prompt_length :].cpu().tolist()
+        if self._row_rules is None or len(self._row_rules) != len(generated):
+            if self._single:
+                self._row_rules = self._rules * len(generated)
+            elif len(generated) != len(self._rules):
+                raise ConstraintError(
+                    f"batch of {len(generated)} rows, but {len(self._rules)} constraints: give one per row "
+                    "(or a single one)"
+                )
+            else:
+                self._row_rules = list(self._rules)
+            self._history = [((), rule.grammar.start) for rule in self._row_rules]
+        masked = torch.full_like(scores, float("-inf"))
+        for row, tokens in enumerate(generated):
+            if self._eos in tokens:  # finished: generate pads it
+                masked[row] = scores[row]
+                continue
+            state = self._state(row, tuple(tokens))
+            allowed = list(self._row_rules[row].table(state))
+            index = torch.tensor(allowed, dtype=torch.long, device=scores.device)
+            masked[row, index] = scores[row, index]
+        return masked
