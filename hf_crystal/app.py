@@ -13,6 +13,7 @@ browsers keep about 16 at a time, so a request is capped at `MAX_CRYSTALS_LIMIT`
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -97,6 +98,11 @@ class Crystal:
         """The structure the app shows and writes: the refined one when there is one."""
         return self.refined if self.refined is not None else self.structure
 
+    @functools.cached_property
+    def cif(self) -> str | None:
+        """The symmetrized CIF of the shown structure (`symmetrized_cif`), None without one."""
+        return symmetrized_cif(self.shown) if self.shown is not None else None
+
     @property
     def formula(self) -> str:
         return self.shown.composition.reduced_formula if self.shown is not None else "(not parsed)"
@@ -140,9 +146,15 @@ def read_conditions(
                 raise AppInputError(f"{what} must be >= 0, got {number:g}")
             conditions[key] = number
     try:
-        condition_cells(conditions, "any", max_sites)
+        cells = condition_cells(conditions, "any", max_sites)[0]
     except ValueError as err:  # unreadable formula, too many atoms for the formula units asked
         raise AppInputError(str(err)) from None
+    for cell in cells:  # "cell" takes the counts as written
+        if "formula" in cell and Composition(cell["formula"]).num_atoms > max_sites:
+            atoms = int(Composition(cell["formula"]).num_atoms)
+            raise AppInputError(
+                f"{cell['formula']} has {atoms} atoms, more than max_sites={max_sites}: use fewer formula units"
+            )
     return conditions
 
 
@@ -192,14 +204,13 @@ def symmetrized_cif(structure: Structure) -> str:
 
 def _spacegroup(structure: Structure | None) -> str:
     """ "Pm-3m (221)" at `SYMPREC`, "?" when spglib finds none, "-" without a structure."""
-    from pymatgen.symmetry.groups import SpaceGroup
-
-    from hf_crystal.evaluation.conditions import spacegroup_number
-
     if structure is None:
         return "-"
-    number = spacegroup_number(structure, SYMPREC)
-    return "?" if number is None else f"{SpaceGroup.from_int_number(number).symbol} ({number})"
+    try:
+        symbol, number = structure.get_space_group_info(symprec=SYMPREC)
+    except Exception:  # spglib gives up on some badly distorted cells
+        return "?"
+    return f"{symbol} ({number})"
 
 
 class CrystalApp:
@@ -377,7 +388,7 @@ def gallery_items(crystals: Sequence[Crystal], *, refined: bool) -> list[dict]:
                 "title": f"#{c.index} {c.formula}",
                 "lines": lines,
                 "cif": str(CifWriter(c.shown)),
-                "download": symmetrized_cif(c.shown),
+                "download": c.cif,
                 "filename": _cif_name(c),
             }
         )
@@ -396,7 +407,7 @@ def write_cifs(crystals: Sequence[Crystal], folder: Path) -> list[str]:
     for c in crystals:
         if c.shown is not None:
             path = folder / _cif_name(c)
-            path.write_text(symmetrized_cif(c.shown))
+            path.write_text(c.cif)
             paths.append(path)
     archive = folder / "crystals.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -530,11 +541,7 @@ def build_app(
             conditions = read_conditions(
                 formula, formula_units, spacegroup, e_above_hull, band_gap, max_sites=app.max_sites
             )
-            num = _whole(num, "number of crystals")
-            if not 1 <= num <= max_crystals:
-                raise AppInputError(f"ask for 1 to {max_crystals} crystals per request, not {num}")
-            if temperature is None or not 0 <= temperature <= MAX_TEMPERATURE:
-                raise AppInputError(f"temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}")
+            num = _whole(num, "number of crystals")  # the sliders' bounds are checked by Gradio: the cap
             seed = None if _number(seed, "seed") is None else _whole(seed, "seed")
             start = time.perf_counter()
             crystals = app.generate(conditions, num, temperature=temperature, refine=refine, seed=seed)
@@ -675,7 +682,9 @@ def build_app(
             with gr.Row():
                 cif = gr.File(label="CIF file", file_types=[".cif"], type="filepath", elem_id="cif")
                 with gr.Column():
-                    element = gr.Dropdown([], label="element to mask", elem_id="element")
+                    element = gr.Dropdown(
+                        [], label="element to mask", allow_custom_value=True, elem_id="element"
+                    )
                     top_k = gr.Slider(1, 20, value=10, step=1, label="candidates")
                     infill = gr.Button("Rank replacements", variant="primary", elem_id="infill")
             gr.Examples(sorted(str(p) for p in EXAMPLES_DIR.glob("*.cif")), inputs=cif, label="examples")
