@@ -435,10 +435,16 @@ _GALLERY_CSS = """
 .crystal-line { font-size: 0.9em; }
 .crystal-download { margin-top: 6px; padding: 2px 10px; border: 1px solid #8c959f; border-radius: 6px; cursor: pointer; }
 """
-# One 3Dmol viewer per card, reused while its card stays; a dropped card's WebGL context is released (browsers
-# keep about 16). The download button writes the symmetrized CIF from the value: no server round trip.
+# One 3Dmol viewer per card, reused while its card and canvas stay (a re-render of the template drops the canvas
+# 3Dmol added); a dropped viewer's WebGL context is released (browsers keep about 16). The download button writes the symmetrized CIF from the value: no server round trip.
 _GALLERY_JS = """
 const viewers = new Map();
+const release = (viewer) => {
+  const canvas = viewer.getCanvas();
+  const context = canvas.getContext('webgl2') || canvas.getContext('webgl');
+  const lose = context && context.getExtension('WEBGL_lose_context');
+  if (lose) lose.loseContext();
+};
 const draw = () => {
   const items = props.value || [];
   const seen = new Set();
@@ -447,6 +453,10 @@ const draw = () => {
     if (!item || !item.cif) return;
     seen.add(div);
     let viewer = viewers.get(div);
+    if (viewer && !div.contains(viewer.getCanvas())) {  // the template's re-render dropped the canvas
+      release(viewer);
+      viewer = undefined;
+    }
     if (!viewer) {
       viewer = $3Dmol.createViewer(div, { backgroundColor: 'white', antialias: true });
       viewers.set(div, viewer);
@@ -460,10 +470,7 @@ const draw = () => {
   });
   for (const [div, viewer] of viewers) {
     if (!seen.has(div)) {
-      const canvas = viewer.getCanvas();
-      const context = canvas.getContext('webgl2') || canvas.getContext('webgl');
-      const lose = context && context.getExtension('WEBGL_lose_context');
-      if (lose) lose.loseContext();
+      release(viewer);
       viewers.delete(div);
     }
   }
@@ -665,6 +672,7 @@ def build_app(
                     value=has_refiner,
                     interactive=has_refiner,
                     label="FlowLLM refiner" if has_refiner else "refiner (this model has none)",
+                    elem_id="refine",
                 )
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -735,7 +743,11 @@ def _valid(structure: Structure | None) -> bool:
 
 
 def _generation_status(crystals: Sequence[Crystal], conditions: dict, refined: bool, seconds: float) -> str:
-    asked = ", ".join(f"{k} {v}" for k, v in conditions.items()) or "no conditions"
+    names = {"formula_units": "formula units", "spacegroup": "space group", "e_above_hull": "E_hull"}
+    asked = (
+        ", ".join(f"{names.get(k, k.replace('_', ' '))} {v}" for k, v in conditions.items())
+        or "no conditions"
+    )
     parsed = [c for c in crystals if c.structure is not None]
     valid = sum(c.valid for c in crystals)
     text = f"{len(crystals)} crystals ({asked}) in {seconds:.1f} s: {valid} valid as the LLM wrote them"

@@ -241,6 +241,36 @@ def test_client_infill_and_an_unreadable_cif(served, tmp_path):
         client.predict(handle_file(str(tmp_path / "broken.cif")), "Na", 5, api_name="/infill")
 
 
+def test_client_stability_needs_crystals_first(served):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="generate crystals first"):
+        Client(served, verbose=False).predict(api_name="/stability")
+
+
+@pytest.mark.slow
+def test_stability_button_relaxes_and_adds_e_hull(crystal_app, served):
+    """CHGNet relaxation and E_hull against the shipped hull: compounds of MP-20 sit on it (within CHGNet's
+    noise), a crystal without a structure says so; the button does the same for the generated crystals."""
+    from gradio_client import Client
+
+    from hf_crystal.app import Crystal
+
+    crystals = [Crystal(1, read_structure(EXAMPLES_DIR / name)) for name in ("NaCl.cif", "SrTiO3.cif")]
+    crystals.append(Crystal(3, None))
+    crystal_app.stability(crystals)
+    assert all(abs(c.e_hull) < 0.05 and c.stability_note is None for c in crystals[:2])
+    assert crystals[2].e_hull is None and crystals[2].stability_note == "no structure"
+    client = Client(served, verbose=False)
+    _generate(client, "NaCl", num=2)
+    status, table, gallery, *_ = client.predict(api_name="/stability")
+    assert "shipped hull" in status and "E_hull (eV/atom)" in table["headers"]
+    column = table["headers"].index("E_hull (eV/atom)")
+    note = table["headers"].index("note")
+    assert all(row[column] != "" or row[note] for row in table["data"])  # an E_hull, or why there is none
+
+
 # In headless Chromium.
 
 
@@ -259,10 +289,9 @@ def _variance(png: bytes, box: dict) -> float:
     return float(np.asarray(crop, dtype=float).var())
 
 
-def _generate_in_browser(page, url: str, formula: str, num: int) -> float:
-    """Open the app, ask for `num` crystals of `formula`, wait until every 3D view is drawn; returns the seconds
-    from the click to the results."""
-    page.goto(url)
+def _generate_in_browser(page, formula: str, num: int, timeout: float = 60) -> float:
+    """Ask the open app for `num` crystals of `formula`, wait until the table has their rows and every 3D view its
+    canvas; returns the seconds from the click to the results."""
     page.wait_for_selector("#generate")
     webgl = page.evaluate("() => !!document.createElement('canvas').getContext('webgl')")
     assert webgl, (
@@ -271,11 +300,16 @@ def _generate_in_browser(page, url: str, formula: str, num: int) -> float:
     page.locator("#formula textarea").fill(formula)
     page.locator("#num input[type=number]").fill(str(num))
     page.locator("#num input[type=number]").press("Enter")
+    page.evaluate("() => { window.oldStatus = document.querySelector('#status').innerText; }")
     start = time.perf_counter()
     page.click("#generate")
-    page.wait_for_function(
-        f"() => document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num}",
-        timeout=300_000,
+    page.wait_for_function(  # new results: a new status line, then the table's rows and the views' canvases
+        f"""() => /crystals/.test(document.querySelector('#status').innerText)
+            && document.querySelector('#status').innerText !== window.oldStatus
+            && document.querySelectorAll('#gallery .crystal-card').length === {num}
+            && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num}
+            && document.querySelectorAll('#summary [role=row][data-index]').length === {num}""",
+        timeout=timeout * 1000,
     )
     seconds = time.perf_counter() - start
     page.wait_for_timeout(300)  # the views' first frame
@@ -319,8 +353,11 @@ def test_browser_generates_and_draws(served, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.on("request", lambda r: requests.append(r.url))
-            _generate_in_browser(page, served, "SrTiO3", 2)
+            page.goto(served)
+            _generate_in_browser(page, "SrTiO3", 2)
             _check_results(page, "SrTiO3", 2, tmp_path / "generate.png")
+            _generate_in_browser(page, "NaCl", 3)  # new results: the gallery is redrawn
+            _check_results(page, "NaCl", 3, tmp_path / "generate-again.png")
             page.locator("#formula textarea").fill("Xy2")  # a bad formula: a message, no traceback
             page.click("#generate")
             toast = page.locator(".toast-body.error")
@@ -344,10 +381,70 @@ def test_default_model_in_the_browser(loopback_only, tmp_path):
         with sync_playwright() as playwright:
             browser = _browser(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            seconds = _generate_in_browser(page, url, "SrTiO3", 4)
+            page.goto(url)
+            seconds = _generate_in_browser(page, "SrTiO3", 4, timeout=600)
             _check_results(page, "SrTiO3", 4, tmp_path / "default.png")
             assert "space group (refined)" in page.locator("#summary").inner_text()
             browser.close()
     finally:
         demo.close()
     print(f"default model: 4 crystals from click to results in {seconds:.1f} s")
+
+
+# The Space.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_space_folder_is_a_gradio_space_of_the_pinned_version():
+    import ast
+    import tomllib
+
+    from huggingface_hub import metadata_load
+
+    meta = metadata_load(ROOT / "space" / "README.md")
+    assert meta["sdk"] == "gradio" and (ROOT / "space" / meta["app_file"]).is_file()
+    pin = next(
+        r
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+            "app"
+        ]
+    )
+    assert pin.startswith("gradio==") and meta["sdk_version"].startswith(
+        pin.removeprefix("gradio==").rstrip("*")
+    )
+    assert gr.__version__ == meta["sdk_version"]  # the tests ran the version the Space runs
+    assert len(meta["short_description"]) <= 60  # the Hub's limit
+    tree = ast.parse((ROOT / "space" / "app.py").read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert [(node.module, [a.name for a in node.names]) for node in imports] == [
+        ("hf_crystal.app", ["build_app"])
+    ]
+    assert "hf-crystal" in (ROOT / "space" / "requirements.txt").read_text().replace(
+        "hf_crystal", "hf-crystal"
+    )
+
+
+def test_push_space_folder(hub_server, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    from hf_crystal.commands import main
+    from hf_crystal.hub import pull
+
+    folder = tmp_path / "space"
+    folder.mkdir()
+    for name in ("README.md", "app.py", "requirements.txt"):  # not a locally built wheel
+        (folder / name).write_bytes((ROOT / "space" / name).read_bytes())
+    repo_id = hub_server.repo_id("space")
+    assert main(["push", str(folder), repo_id, "--repo-type", "model"]) == 2
+    assert "is a space folder: push it as repo type 'space'" in capsys.readouterr().err
+    assert main(["push", str(folder), repo_id, "--repo-type", "space"]) == 0
+    assert "pushed space folder" in capsys.readouterr().out
+    info = HfApi().space_info(repo_id)
+    assert info.sdk == "gradio"
+    local = pull(repo_id, repo_type="space")
+    for name in ("README.md", "app.py", "requirements.txt"):
+        assert (local / name).read_bytes() == (folder / name).read_bytes()
+    (folder / "README.md").write_text("# no YAML header\n")
+    assert main(["push", str(folder), repo_id]) == 2
+    assert "names no sdk in its YAML header" in capsys.readouterr().err
