@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+#: The status line's text in the page (its Markdown, without Gradio's "processing" overlay).
+STATUS = "(document.querySelector('#status [data-testid=markdown]')?.innerText ?? '')"
 CHROMIUM_ARGS = [
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
@@ -49,22 +51,20 @@ def _generate(page, formula: str, num: int, refine: bool, seed: int) -> tuple[fl
     checkbox = page.locator("#refine input[type=checkbox]")
     if checkbox.is_checked() != refine:
         checkbox.click()
-    page.evaluate(
-        "() => { const s = document.querySelector('#status'); if (s) s.dataset.old = s.innerText; }"
-    )
+    page.evaluate(f"() => {{ window.oldStatus = {STATUS}; }}")
     start = time.perf_counter()
     page.click("#generate")
-    page.wait_for_function(
+    page.wait_for_function(  # a new status line (it holds the model's seconds), the table's rows, the views
         f"""() => {{
-            const status = document.querySelector('#status');
-            return status.innerText !== status.dataset.old && /crystals/.test(status.innerText)
+            const status = {STATUS};
+            return status !== window.oldStatus && /crystals/.test(status)
                 && document.querySelectorAll('#summary [role=row][data-index]').length === {num}
                 && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num};
         }}""",
         timeout=300_000,
     )
     seconds = time.perf_counter() - start
-    status = page.locator("#status").inner_text()
+    status = page.locator("#status [data-testid=markdown]").inner_text()
     model = float(re.search(r"in ([\d.]+) s", status).group(1))
     return seconds, model
 
@@ -107,7 +107,9 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1200, "height": 1300})
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#generate")
-            settings = (True, False) if page.locator("#refine input[type=checkbox]").is_enabled() else (False,)
+            settings = (
+                (True, False) if page.locator("#refine input[type=checkbox]").is_enabled() else (False,)
+            )
             for refine in settings:
                 runs = [_generate(page, args.formula, args.num, refine, seed) for seed in range(args.repeats)]
                 rows.append((refine, runs))

@@ -20,7 +20,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,15 @@ class Crystal:
 
     Args:
         index (`int`): Its number in the request, from 1.
-        structure (`Structure` or None): What the LLM wrote, None when the text did not parse.
+        structure (`Structure` or None): What the LLM wrote (or the substituted structure of an infill candidate),
+            None when the text did not parse.
         refined (`Structure` or None): The refiner's structure, None without a refiner (or without a structure).
         valid (`bool`): Structural and compositional validity of `structure`.
         refined_valid (`bool` or None): The same of `refined`, None without a refiner.
         error (`str` or None): Why the text did not parse.
         e_hull (`float` or None): Energy above the shipped hull after a CHGNet relaxation (eV/atom).
-        stability_note (`str` or None): Why there is no E_hull, or which hull region it came from.
+        stability_note (`str` or None): Why there is no E_hull, or a caveat about it.
+        label (`str`): A first line for its card (an infill candidate's element and probability).
     """
 
     index: int
@@ -91,7 +93,7 @@ class Crystal:
     error: str | None = None
     e_hull: float | None = None
     stability_note: str | None = None
-    label: str = field(default="", compare=False)
+    label: str = ""
 
     @property
     def shown(self) -> Structure | None:
@@ -270,11 +272,10 @@ class CrystalApp:
         """`num` crystals for `conditions` (`read_conditions`), refined when `refine` and there is a refiner."""
         pipe = self.refining if refine and self.refining is not None else self.generator
         options = {"num_return_sequences": num, "max_sites": self.max_sites, "temperature": temperature}
+        # A ValueError here is a request the model refuses (e.g. a whole cell of more than max_sites atoms).
         try:
             samples = pipe(dict(conditions), seed=seed, **options)
-        except (
-            ValueError
-        ) as err:  # conditions the model's constraint refuses (e.g. an element it cannot write)
+        except ValueError as err:
             raise AppInputError(str(err)) from None
         crystals = []
         for i, sample in enumerate(samples, start=1):
@@ -366,17 +367,18 @@ def summary_table(crystals: Sequence[Crystal], *, refined: bool) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def gallery_items(crystals: Sequence[Crystal], *, refined: bool) -> list[dict]:
+def gallery_items(crystals: Sequence[Crystal], *, refined: bool, written: str = "as written") -> list[dict]:
     """The `crystal_gallery` value: per crystal a title, info lines, a P1 CIF for the 3D view and the
-    symmetrized CIF to download."""
+    symmetrized CIF to download. `written` qualifies the space group of `Crystal.structure` ("" for a structure
+    the model did not write, e.g. a substituted one)."""
     items = []
     for c in crystals:
         lines = [c.label] if c.label else []
         if c.shown is None:
             items.append({"title": f"#{c.index} (not parsed)", "lines": [*lines, c.error or ""], "cif": ""})
             continue
-        written = f"space group as written: {_spacegroup(c.structure)}, {'valid' if c.valid else 'not valid'}"
-        lines.append(written)
+        group = f"space group {written}".strip()
+        lines.append(f"{group}: {_spacegroup(c.structure)}, {'valid' if c.valid else 'not valid'}")
         if refined and c.refined is not None:
             lines.append(f"refined: {_spacegroup(c.refined)}, {'valid' if c.refined_valid else 'not valid'}")
         if c.e_hull is not None:
@@ -631,7 +633,7 @@ def build_app(
         )
         shown = crystals[: min(4, len(crystals))]
         files = write_cifs(crystals, Path(tempfile.mkdtemp(dir=outputs)))
-        return status, table, gallery_items(shown, refined=False), files
+        return status, table, gallery_items(shown, refined=False, written=""), files
 
     with gr.Blocks(title="hf-crystal", analytics_enabled=False) as demo:
         gr.Markdown(

@@ -34,6 +34,8 @@ from hf_crystal.app import (  # noqa: E402  (after the skip)
 )
 from hf_crystal.testing import save_tiny_llama  # noqa: E402
 
+#: The status line's text in the page (its Markdown, without Gradio's "processing" overlay).
+STATUS = "(document.querySelector('#status [data-testid=markdown]')?.innerText ?? '')"
 CHROMIUM_ARGS = [
     "--use-angle=swiftshader",  # WebGL without a GPU (Chrome >= 139 needs both flags)
     "--enable-unsafe-swiftshader",
@@ -180,6 +182,21 @@ def test_build_app_caps_crystals_per_request(crystal_app):
         build_app(crystal_app, max_crystals=13)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-crystals", "13"], "--max-crystals must be 1-12, got 13"),
+        (["--refiner", "x", "--no-refiner"], "give --refiner or --no-refiner, not both"),
+        (["--max-sites", "0"], "--max-sites must be >= 1, got 0"),
+    ],
+)
+def test_app_command_refuses_bad_options(argv, message, capsys):
+    from hf_crystal.commands import main
+
+    assert main(["app", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"hf-crystal: error: {message}"
+
+
 # Over HTTP, with gradio_client.
 
 
@@ -300,12 +317,12 @@ def _generate_in_browser(page, formula: str, num: int, timeout: float = 60) -> f
     page.locator("#formula textarea").fill(formula)
     page.locator("#num input[type=number]").fill(str(num))
     page.locator("#num input[type=number]").press("Enter")
-    page.evaluate("() => { window.oldStatus = document.querySelector('#status').innerText; }")
+    page.evaluate(f"() => {{ window.oldStatus = {STATUS}; }}")
     start = time.perf_counter()
     page.click("#generate")
     page.wait_for_function(  # new results: a new status line, then the table's rows and the views' canvases
-        f"""() => /crystals/.test(document.querySelector('#status').innerText)
-            && document.querySelector('#status').innerText !== window.oldStatus
+        f"""() => /crystals/.test((document.querySelector('#status [data-testid=markdown]')?.innerText ?? ''))
+            && {STATUS} !== window.oldStatus
             && document.querySelectorAll('#gallery .crystal-card').length === {num}
             && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num}
             && document.querySelectorAll('#summary [role=row][data-index]').length === {num}""",
