@@ -321,7 +321,7 @@ def _generate_in_browser(page, formula: str, num: int, timeout: float = 60) -> f
     start = time.perf_counter()
     page.click("#generate")
     page.wait_for_function(  # new results: a new status line, then the table's rows and the views' canvases
-        f"""() => /crystals/.test((document.querySelector('#status [data-testid=markdown]')?.innerText ?? ''))
+        f"""() => /crystals/.test({STATUS})
             && {STATUS} !== window.oldStatus
             && document.querySelectorAll('#gallery .crystal-card').length === {num}
             && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num}
