@@ -256,6 +256,33 @@ def test_client_infill_and_an_unreadable_cif(served, tmp_path):
         client.predict(handle_file(str(tmp_path / "broken.cif")), "Na", 5, api_name="/infill")
 
 
+def test_model_calls_run_one_at_a_time(served, crystal_app, monkeypatch):
+    """Two users' requests at once: Gradio's queue runs the second model call after the first has finished."""
+    from gradio_client import Client, handle_file
+
+    calls = []
+    for name in ("generate", "infill"):
+        method = getattr(crystal_app, name)
+
+        def timed(*args, method=method, name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                calls.append((start, time.perf_counter(), name))
+
+        monkeypatch.setattr(crystal_app, name, timed)
+    first = Client(served, verbose=False).submit(
+        "NaCl", "any", "", "", "", 2, 0.9, False, "0", api_name="/generate"
+    )
+    second = Client(served, verbose=False).submit(
+        handle_file(str(EXAMPLES_DIR / "NaCl.cif")), "Na", 3, api_name="/infill"
+    )
+    first.result(), second.result()
+    (start_a, end_a, _), (start_b, end_b, _) = sorted(calls)
+    assert {name for *_, name in calls} == {"generate", "infill"} and end_a <= start_b
+
+
 def test_client_stability_needs_crystals_first(served):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -462,3 +489,15 @@ def test_push_space_folder(hub_server, tmp_path, capsys):
     (folder / "README.md").write_text("# no YAML header\n")
     assert main(["push", str(folder), repo_id]) == 2
     assert "names no sdk in its YAML header" in capsys.readouterr().err
+
+
+def test_vendored_viewer_is_the_recorded_3dmol_build():
+    import hashlib
+    import re
+
+    from hf_crystal.app import VIEWER_JS
+
+    record = (VIEWER_JS.parent / "README.md").read_text()
+    digest = re.search(r"sha256 ([0-9a-f]{64})  3Dmol-min.js", record).group(1)
+    assert hashlib.sha256(VIEWER_JS.read_bytes()).hexdigest() == digest
+    assert "BSD-3-Clause" in record and (VIEWER_JS.parent / "LICENSE").is_file()
