@@ -57,7 +57,7 @@ def _generate(page, formula: str, num: int, refine: bool, seed: int) -> tuple[fl
     page.wait_for_function(  # a new status line (it holds the model's seconds), the table's rows, the views
         f"""() => {{
             const status = {STATUS};
-            return status !== window.oldStatus && /crystals/.test(status)
+            return status !== window.oldStatus && /crystal/.test(status)
                 && document.querySelectorAll('#summary [role=row][data-index]').length === {num}
                 && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num};
         }}""",

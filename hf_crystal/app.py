@@ -752,7 +752,7 @@ def _generation_status(crystals: Sequence[Crystal], conditions: dict, refined: b
     )
     parsed = [c for c in crystals if c.structure is not None]
     valid = sum(c.valid for c in crystals)
-    text = f"{len(crystals)} crystals ({asked}) in {seconds:.1f} s: {valid} valid as the LLM wrote them"
+    text = f"{len(crystals)} crystal{'s' if len(crystals) != 1 else ''} ({asked}) in {seconds:.1f} s: {valid} valid as the LLM wrote them"
     if refined:
         text += f", {sum(bool(c.refined_valid) for c in crystals)} after the refiner"
     if len(parsed) < len(crystals):

@@ -273,7 +273,7 @@ def test_model_calls_run_one_at_a_time(served, crystal_app, monkeypatch):
 
         monkeypatch.setattr(crystal_app, name, timed)
     first = Client(served, verbose=False).submit(
-        "NaCl", "any", "", "", "", 2, 0.9, False, "0", api_name="/generate"
+        "NaCl", "any", "", "", "", 1, 0.9, False, "0", api_name="/generate"
     )
     second = Client(served, verbose=False).submit(
         handle_file(str(EXAMPLES_DIR / "NaCl.cif")), "Na", 3, api_name="/infill"
@@ -346,7 +346,7 @@ def _generate_in_browser(page, formula: str, num: int, timeout: float = 60) -> f
     start = time.perf_counter()
     page.click("#generate")
     page.wait_for_function(  # new results: a new status line, then the table's rows and the views' canvases
-        f"""() => /crystals/.test({STATUS})
+        f"""() => /crystal/.test({STATUS})
             && {STATUS} !== window.oldStatus
             && document.querySelectorAll('#gallery .crystal-card').length === {num}
             && document.querySelectorAll('#gallery .crystal-viewer canvas').length === {num}
