@@ -30,6 +30,7 @@ FOLDER_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "refiner": ("model", ("model_index.json", "model/config.json", "scheduler/scheduler_config.json")),
     "adapter": ("model", ("adapter_config.json", "adapter_model.safetensors")),
     "base": ("model", ("config.json", "*.safetensors", "tokenizer_config.json")),
+    "space": ("space", ("README.md", "app.py")),  # a Space: its README's YAML names the sdk (e.g. space/)
 }
 #: Training runs keep checkpoints in this subfolder of their Hub-shaped output folder.
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -57,7 +58,9 @@ def folder_kind(folder: str | Path) -> str:
             return kind
         missing[kind] = absent
     details = "; ".join(f"{kind} lacks {', '.join(files)}" for kind, files in missing.items())
-    raise HubFolderError(f"{folder} is not a dataset, base model, adapter or refiner folder: {details}")
+    raise HubFolderError(
+        f"{folder} is not a dataset, base model, adapter, refiner or Space folder: {details}"
+    )
 
 
 def push_folder(
@@ -82,8 +85,9 @@ def push_folder(
         raise HubFolderError(f"{folder} is a {kind} folder: push it as repo type {FOLDER_KINDS[kind][0]!r}")
     if not (Path(folder) / "README.md").exists():
         render_model_card(kind, repo_id=repo_id).save(Path(folder) / "README.md")
+    space_sdk = _space_sdk(folder) if repo_type == "space" else None
     api = HfApi()
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
     try:
@@ -101,6 +105,16 @@ def push_folder(
             f"commit is atomic, so {repo_id} is unchanged (large files already uploaded are not sent again). "
             "Fix the cause and push again."
         ) from err
+
+
+def _space_sdk(folder: str | Path) -> str:
+    """The `sdk` a Space folder's README.md names in its YAML header (the Hub needs it to create the Space)."""
+    from huggingface_hub import metadata_load
+
+    sdk = (metadata_load(Path(folder) / "README.md") or {}).get("sdk")
+    if not sdk:
+        raise HubFolderError(f"{folder}/README.md names no sdk in its YAML header (e.g. sdk: gradio)")
+    return sdk
 
 
 def pull(repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> Path:

@@ -92,7 +92,7 @@ def test_push_refuses_other_folders(tmp_path, hub_server, capsys):
     repo_id = hub_server.repo_id("refused")
     assert main(["push", str(tmp_path), repo_id]) == 2
     error = capsys.readouterr().err
-    assert "is not a dataset, base model, adapter or refiner folder" in error
+    assert "is not a dataset, base model, adapter, refiner or Space folder" in error
     assert "adapter lacks adapter_config.json, adapter_model.safetensors" in error
     assert not HfApi().repo_exists(repo_id)  # refused before anything was created
     with pytest.raises(HubFolderError, match="is not a folder"):

@@ -11,7 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_crystal.commands import baseline, codec, dataset, evaluate, generate, hub, hull, mutate, refine, train
+from hf_crystal.commands import (
+    app,
+    baseline,
+    codec,
+    dataset,
+    evaluate,
+    generate,
+    hub,
+    hull,
+    mutate,
+    refine,
+    train,
+)
 from hf_crystal.commands.errors import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -33,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_parsers(commands)
     mutate.add_parser(commands)
     baseline.add_parser(commands)
+    app.add_parser(commands)
     return parser
 
 

@@ -54,13 +54,15 @@ def add_parsers(subparsers) -> None:
     """Add `push`, `pull` and `card` to the CLI's subparsers."""
     push = subparsers.add_parser(
         "push",
-        help="upload a dataset, base model, adapter or refiner folder in one commit",
+        help="upload a dataset, base model, adapter, refiner or Space folder in one commit",
         description="Upload a Hub-shaped folder (as hf-crystal writes them) to a Hub repo in one commit; "
         "prints the commit id. Checkpoints and loss logs stay local.",
     )
-    push.add_argument("folder", help="dataset, base model, adapter or refiner folder")
+    push.add_argument("folder", help="dataset, base model, adapter, refiner or Space folder (e.g. space/)")
     push.add_argument("repo_id", help="USER/NAME")
-    push.add_argument("--repo-type", choices=["model", "dataset"], help="default: from the folder's kind")
+    push.add_argument(
+        "--repo-type", choices=["model", "dataset", "space"], help="default: from the folder's kind"
+    )
     push.add_argument("--revision", help="branch to commit to (created if missing; default main)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.set_defaults(func=_cmd_push)
@@ -71,7 +73,7 @@ def add_parsers(subparsers) -> None:
         description="Fill the local Hub cache with a repo (huggingface_hub.snapshot_download).",
     )
     pull.add_argument("repo_id", help="USER/NAME")
-    pull.add_argument("--repo-type", choices=["model", "dataset"], default="model")
+    pull.add_argument("--repo-type", choices=["model", "dataset", "space"], default="model")
     pull.add_argument("--revision", help="branch, tag or commit (default main)")
     pull.set_defaults(func=_cmd_pull)
 
