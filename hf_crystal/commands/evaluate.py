@@ -60,6 +60,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
+    p.add_argument(
+        "--relax-symmetry",
+        type=float,
+        nargs="?",
+        const=0.1,
+        metavar="SYMPREC",
+        help="relax keeping each sample's space group found at SYMPREC Å (default 0.1; ASE FixSymmetry)",
+    )
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together")
     p.add_argument("--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)")
     p.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
@@ -171,6 +179,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     self_consistent = (
         args.hull == "self-consistent"
     )  # stability.SELF_CONSISTENT (not imported: it loads pymatgen)
+    if args.relax_symmetry is not None and (args.no_relax or args.relax_symmetry <= 0):
+        raise UsageError("--relax-symmetry needs relaxation (no --no-relax) and a positive SYMPREC")
     if args.hull_set and not self_consistent:
         raise UsageError("--hull-set chooses the structures of --hull self-consistent; add that option")
     if args.hull and not self_consistent and not Path(args.hull).exists():
@@ -199,6 +209,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             max_steps=args.max_steps,
             batch_size=args.batch_size,
             cache_dir=args.cache_dir or default_cache_dir() / "relax",
+            fix_symmetry=args.relax_symmetry is not None,
+            symprec=args.relax_symmetry or 0.1,
         )
     asked, unreadable_asked = _sample_conditions(args, ids, skipped)
     result = compute_metrics(

@@ -25,6 +25,9 @@ from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sam
 DEFAULT_NUM_INFERENCE_STEPS = 10
 # Crystals integrated together; on a CPU, 64 MP-20-sized crystals gave the best throughput (bench_refiner.py).
 DEFAULT_BATCH_SIZE = 64
+# Symmetry operations are looked for at this tolerance (Å) by default (spglib's symprec; SPEC: the headline
+# tolerance of the symmetry metrics), then at a tenth and a hundredth of it (`hf_crystal.symmetry.symmetrize`).
+DEFAULT_SYMMETRY_TOLERANCE = 0.1
 # `from_pretrained` options that concern the download of a Hub repo.
 _DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
 
@@ -36,9 +39,13 @@ class CrystalRefinerPipelineOutput(BaseOutput):
     Args:
         structures (`list[Structure]`): One per input, in input order, with the input's elements in the input's
             site order (of the Niggli-reduced cell).
+        symmetry_cases (`list[str]`, *optional*): With a symmetry tolerance, how each input was symmetrized
+            (`hf_crystal.symmetry.SYMMETRIZE_CASES`: its operations found at the tolerance, a tenth or a hundredth
+            of it, or "plain": not found, refined without projection).
     """
 
     structures: list[Structure]
+    symmetry_cases: list[str] | None = None
 
 
 class CrystalRefinerPipeline(DiffusionPipeline):
@@ -88,6 +95,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         generator: torch.Generator | None = None,
+        symmetry_tolerance: float | None = DEFAULT_SYMMETRY_TOLERANCE,
         return_dict: bool = True,
     ) -> CrystalRefinerPipelineOutput | tuple[list[Structure]]:
         """Refine `structures` (ordered pymatgen structures), `batch_size` at a time.
@@ -97,13 +105,30 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         scheduler starts from the uniform base (`base_distribution="uniform"`) keeps only the atoms of the
         structures and draws positions and lattice with `generator`; `base_noise_std` jitters the given
         coordinates with `generator`.
+
+        With `symmetry_tolerance` (Å; None turns it off), the refiner keeps each structure's space group
+        (DiffCSP++'s idea in FlowLLM's refiner): the operations spglib finds on the Niggli-reduced cell are kept
+        by one projection of the structure, of the base noise and of every Euler step
+        (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
+        hundredth of it, the structure is refined without projection (`symmetry_cases` says which).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
-        refined = []
+        if symmetry_tolerance is not None and not symmetry_tolerance > 0:
+            raise ValueError(f"symmetry_tolerance must be positive or None, got {symmetry_tolerance}")
+        refined, cases = [], []
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
-            batch = CrystalBatch.from_structures(chunk)
+            project = None
+            if symmetry_tolerance is None:
+                batch = CrystalBatch.from_structures(chunk)
+            else:
+                from hf_crystal.symmetry import symmetrize_structures
+
+                reduced = CrystalBatch.from_structures(chunk, dtype=torch.float64).to_structures()
+                symmetrized = symmetrize_structures(reduced, symmetry_tolerance)
+                batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
+                project, cases = symmetrized.projector, cases + symmetrized.cases
             config = self.scheduler.config
             if config.base_distribution == "uniform":
                 coords, lattice, _ = sample_uniform_base(
@@ -115,13 +140,19 @@ class CrystalRefinerPipeline(DiffusionPipeline):
                     batch.frac_coords.shape, generator=generator, dtype=batch.frac_coords.dtype
                 )
                 batch = batch.replace(frac_coords=wrap(batch.frac_coords + config.base_noise_std * noise))
+            if project is not None:
+                coords, lattice = project(batch.frac_coords, batch.lattice)
+                batch = batch.replace(frac_coords=coords, lattice=lattice)
             batch = batch.to(self.device, self.model.dtype)
-            refined.extend(self._integrate(batch, num_inference_steps).to_structures())
+            refined.extend(self._integrate(batch, num_inference_steps, project).to_structures())
         if not return_dict:
             return (refined,)
-        return CrystalRefinerPipelineOutput(structures=refined)
+        return CrystalRefinerPipelineOutput(
+            structures=refined, symmetry_cases=cases if symmetry_tolerance else None
+        )
 
-    def _integrate(self, batch: CrystalBatch, num_inference_steps: int) -> CrystalBatch:
+    def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
+        """Euler steps; `project` (e.g. a `SymmetryProjector`) maps the state after each step."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         frac_coords, lattice = batch.frac_coords, batch.lattice
         for t in self.scheduler.timesteps:
@@ -129,6 +160,8 @@ class CrystalRefinerPipeline(DiffusionPipeline):
                 batch.atom_types, frac_coords, lattice, t.expand(batch.num_crystals), batch.crystal_index
             )
             frac_coords, lattice = self.scheduler.step(velocity, t, (frac_coords, lattice), return_dict=False)
+            if project is not None:
+                frac_coords, lattice = project(frac_coords, lattice)
         return batch.replace(frac_coords=frac_coords, lattice=lattice)
 
 
@@ -139,14 +172,21 @@ def refine(
     batch_size: int = DEFAULT_BATCH_SIZE,
     revision: str | None = None,
     seed: int | None = None,
+    symmetry_tolerance: float | None = DEFAULT_SYMMETRY_TOLERANCE,
 ) -> list[Structure]:
     """Refined copies of `structures`; `refiner` is a pipeline, a local folder or a Hub id (at `revision`).
 
     `seed` makes the base noise (or the uniform base) reproducible; None draws from torch's global generator.
+    `symmetry_tolerance` (Å) keeps each structure's space group found at that tolerance (None: off); see
+    `CrystalRefinerPipeline.__call__`.
     """
     if not isinstance(refiner, CrystalRefinerPipeline):
         refiner = CrystalRefinerPipeline.from_pretrained(refiner, revision=revision)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     return refiner(
-        structures, num_inference_steps=num_steps, batch_size=batch_size, generator=generator
+        structures,
+        num_inference_steps=num_steps,
+        batch_size=batch_size,
+        generator=generator,
+        symmetry_tolerance=symmetry_tolerance,
     ).structures
