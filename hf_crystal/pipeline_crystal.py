@@ -16,7 +16,8 @@ the formula condition meant) and `attempts` (samples drawn for this slot:
 bad model output. With a refiner (`refiner=` at construction: a `CrystalRefinerPipeline`, folder or Hub
 id; by default "auto": the refiner the model comes with, which only the embedded default model has, see
 `hf_crystal.embedded`; None for none), each sample also carries `refined_structure` and `refined_valid`:
-the LLM's structure moved by the FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the
+the LLM's structure moved by the FlowLLM refiner (`refine_steps` Euler steps, keeping the sample's space
+group unless `symmetry_tolerance=None`; `refine_symmetry` says how), or None for a sample the
 LLM did not write parseably (passed through untouched). For file formats use `structure.to(fmt="cif")` or
 `hf_crystal.data.SampleWriter`.
 Infill (masked element) is the separate task "crystal-infill" (`hf_crystal.pipeline_infill`).
@@ -178,6 +179,9 @@ class CrystalGenerationPipeline(Pipeline):
         until_valid: resample each invalid slot, at most `max_attempts` samples per slot (validity of the
             LLM's structure, before refinement).
         refine_steps: Euler steps of the refiner (default: the refiner's own default).
+        symmetry_tolerance: the refiner keeps each sample's space group found at this tolerance (Å; default
+            the refiner's, 0.1; None turns it off); each sample says how in `refine_symmetry`
+            (`hf_crystal.symmetry.SYMMETRIZE_CASES`).
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.
@@ -228,7 +232,7 @@ class CrystalGenerationPipeline(Pipeline):
         ):
             if value is not None:
                 preprocess[key] = value
-        forward = dict(generate_kwargs)
+        forward = dict(generate_kwargs)  # symmetry_tolerance too, where given: None turns it off
         for key, value in (
             ("until_valid", until_valid),
             ("max_attempts", max_attempts),
@@ -313,6 +317,11 @@ class CrystalGenerationPipeline(Pipeline):
             # A budget that always fits a complete constrained crystal, instead of the generic default.
             cells = [e["constraint"] for c in choices if c is not None for e in c["encoded"]]
             kwargs["max_new_tokens"] = max(c.max_new_tokens for c in [*constraints, *cells])
+        refine_options = (
+            {"symmetry_tolerance": kwargs.pop("symmetry_tolerance")} if "symmetry_tolerance" in kwargs else {}
+        )
+        if refine_steps is not None:
+            refine_options["num_inference_steps"] = refine_steps
         kwargs = self._prepare_generate_kwargs(kwargs)
         per_prompt = kwargs.get("num_return_sequences") or 1
         batch, repeat = input_ids.shape[0], per_prompt  # generated rows per row of input_ids
@@ -351,9 +360,10 @@ class CrystalGenerationPipeline(Pipeline):
             "conditions": sample_conditions.reshape(batch, per_prompt),
         }
         if self.refiner is not None:
-            refined = np.empty(len(rows), dtype=object)
-            refined[:] = self._refine(rows, refine_steps)
+            refined, cases = np.empty(len(rows), dtype=object), np.empty(len(rows), dtype=object)
+            refined[:], cases[:] = self._refine(rows, refine_options)
             outputs["refined"] = refined.reshape(batch, per_prompt)
+            outputs["refine_symmetry"] = cases.reshape(batch, per_prompt)
         return outputs
 
     def _draw_cells(
@@ -388,17 +398,18 @@ class CrystalGenerationPipeline(Pipeline):
             [row["conditions"] for row in rows],
         )
 
-    def _refine(self, rows: list, refine_steps: int | None) -> list:
-        """The refined structure of each row, None where the LLM's text does not parse."""
+    def _refine(self, rows: list, options: dict) -> tuple[list, list]:
+        """The refined structure of each row and how its symmetry was kept (None without symmetry), both None
+        where the LLM's text does not parse."""
         structures = [
             try_decode(self.tokenizer.decode(tokens, skip_special_tokens=True))[0] for tokens in rows
         ]
         parsed = [s for s in structures if s is not None]
-        options = {} if refine_steps is None else {"num_inference_steps": refine_steps}
-        refined = iter(
-            self.refiner(parsed, batch_size=max(len(parsed), 1), **options).structures if parsed else []
-        )
-        return [None if s is None else next(refined) for s in structures]
+        out = self.refiner(parsed, batch_size=max(len(parsed), 1), **options) if parsed else None
+        refined = iter(out.structures if out else [])
+        cases = iter((out.symmetry_cases or [None] * len(parsed)) if out else [])
+        pairs = [(None, None) if s is None else (next(refined), next(cases)) for s in structures]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _generate(self, input_ids, attention_mask, constraints, per_prompt: int, kwargs: dict) -> list:
         """The new tokens of each sample of a left-padded prompt batch (`per_prompt` rows per prompt).
@@ -495,7 +506,13 @@ class CrystalGenerationPipeline(Pipeline):
             for tokens, n, asked in zip(generated, attempts, conditions, strict=True)
         ]
         if "refined" in model_outputs:
-            for sample, refined in zip(samples, model_outputs["refined"].reshape(-1), strict=True):
+            for sample, refined, case in zip(
+                samples,
+                model_outputs["refined"].reshape(-1),
+                model_outputs["refine_symmetry"].reshape(-1),
+                strict=True,
+            ):
                 sample["refined_structure"] = refined
                 sample["refined_valid"] = refined is not None and validity_flags(refined)["valid"]
+                sample["refine_symmetry"] = case
         return samples

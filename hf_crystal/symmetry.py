@@ -196,6 +196,18 @@ class SymmetryProjector:
         total = torch.zeros_like(x).index_add_(0, self._atom.to(dev), displacement)
         return wrap(x + total / self._ops_per_atom.to(dev)[:, None]).to(frac_coords.dtype)
 
+    def project_velocity(self, velocity: torch.Tensor) -> torch.Tensor:
+        """Coordinate velocities `(N, 3)` averaged over the operations, `v_i <- mean_g W_g^-1 v_pi_g(i)`.
+
+        Linear, so a step from a symmetric state along it stays exactly symmetric however long it is (the
+        projection of positions needs the images within half a cell of each atom to average them on the torus).
+        """
+        v = velocity.double()
+        dev = v.device
+        image = torch.einsum("rab,rb->ra", self._inverse.to(dev), v[self._source.to(dev)])
+        total = torch.zeros_like(v).index_add_(0, self._atom.to(dev), image)
+        return (total / self._ops_per_atom.to(dev)[:, None]).to(velocity.dtype)
+
     def project_lattice(self, lattice: torch.Tensor) -> torch.Tensor:
         """Unconstrained lattice parameters `(B, 6)` whose metric is averaged over the operations."""
         dev = lattice.device

@@ -110,12 +110,15 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         (DiffCSP++'s idea in FlowLLM's refiner): the operations spglib finds on the Niggli-reduced cell are kept
         by one projection of the structure, of the base noise and of every Euler step
         (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
-        hundredth of it, the structure is refined without projection (`symmetry_cases` says which).
+        hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A refiner
+        from the uniform base ignores it: it uses only the atoms of the structures, not their positions.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         if symmetry_tolerance is not None and not symmetry_tolerance > 0:
             raise ValueError(f"symmetry_tolerance must be positive or None, got {symmetry_tolerance}")
+        if self.scheduler.config.base_distribution == "uniform":
+            symmetry_tolerance = None  # the given positions are not used, nor is their symmetry
         refined, cases = [], []
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
@@ -152,13 +155,17 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         )
 
     def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
-        """Euler steps; `project` (e.g. a `SymmetryProjector`) maps the state after each step."""
+        """Euler steps. With a `SymmetryProjector` `project`, the coordinate velocity is projected before each
+        step and the state after it."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         frac_coords, lattice = batch.frac_coords, batch.lattice
         for t in self.scheduler.timesteps:
             velocity = self.model(
                 batch.atom_types, frac_coords, lattice, t.expand(batch.num_crystals), batch.crystal_index
             )
+            if project is not None:
+                coord_velocity, lattice_velocity = velocity.to_tuple()
+                velocity = (project.project_velocity(coord_velocity), lattice_velocity)
             frac_coords, lattice = self.scheduler.step(velocity, t, (frac_coords, lattice), return_dict=False)
             if project is not None:
                 frac_coords, lattice = project(frac_coords, lattice)
