@@ -246,17 +246,21 @@ def _parameters(metric: torch.Tensor) -> torch.Tensor:
     return torch.cat([lengths, torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))], -1)
 
 
-def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
-    """`structure` projected onto the structures that keep `operations`: same cell orientation up to the metric,
-    same atoms in the same order."""
+def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, Lattice]:
+    """Projected fractional coordinates and lattice of `structure`."""
     projector = SymmetryProjector([operations], [len(structure)])
     coords = projector.project_coords(torch.as_tensor(structure.frac_coords, dtype=torch.float64))
     params = torch.tensor([[*structure.lattice.abc, *structure.lattice.angles]], dtype=torch.float64)
-    metric = _metric(params)
     w = torch.as_tensor(operations.rotations, dtype=torch.float64)
-    metric = (w.transpose(1, 2) @ metric @ w).mean(0, keepdim=True)
-    lattice = Lattice.from_parameters(*_parameters(metric)[0].tolist())
-    return Structure(lattice, structure.species, coords.numpy(), site_properties=structure.site_properties)
+    metric = (w.transpose(1, 2) @ _metric(params) @ w).mean(0, keepdim=True)
+    return coords.numpy(), Lattice.from_parameters(*_parameters(metric)[0].tolist())
+
+
+def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
+    """`structure` projected onto the structures that keep `operations`: same cell orientation up to the metric,
+    same atoms in the same order."""
+    coords, lattice = _project(structure, operations)
+    return Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
 
 
 @dataclass
@@ -274,11 +278,11 @@ class Symmetrized:
     case: str
 
 
-def _min_distance(structure: Structure) -> float:
-    if len(structure) < 2:
+def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
+    if len(frac_coords) < 2:
         return float("inf")
-    distances = structure.distance_matrix
-    return float(distances[np.triu_indices(len(structure), 1)].min())
+    distances = lattice.get_all_distances(frac_coords, frac_coords)
+    return float(distances[np.triu_indices(len(frac_coords), 1)].min())
 
 
 def symmetrize(
@@ -291,18 +295,19 @@ def symmetrize(
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
     and if all fail the structure is returned as it is (case "plain").
     """
-    before = min(_min_distance(structure), min_distance)
+    before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
     for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
         try:
             operations = symmetry_operations(structure, tol)
         except SymmetryError:
             continue
-        projected = project_structure(structure, operations)
-        delta = projected.frac_coords - structure.frac_coords
+        coords, lattice = _project(structure, operations)
+        delta = coords - structure.frac_coords
         delta -= np.round(delta)
-        moved = np.linalg.norm(delta @ projected.lattice.matrix, axis=-1).max(initial=0.0)
-        if moved > tol or _min_distance(projected) < before - 1e-6:
+        moved = np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0)
+        if moved > tol or _min_distance(lattice, coords) < before - 1e-6:
             continue
+        projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
         return Symmetrized(projected, operations, case)
     return Symmetrized(structure, None, "plain")
 
