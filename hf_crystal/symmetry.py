@@ -325,6 +325,19 @@ class SymmetrizedBatch:
     structures: list[Structure]
     projector: SymmetryProjector
     cases: list[str]
+    operations: list[SymmetryOperations | None]
+
+    def project(self, structures: Sequence[Structure]) -> list[Structure]:
+        """Project each structure (e.g. the end of a flow over the batch, in the same cells) onto its operations.
+
+        The flow's lattice lives in an angle interval (`hf_crystal.refiner.manifold`): where a symmetric metric
+        needs an angle outside it, the state can only be nearly symmetric, and this last projection in
+        the metric makes it exact.
+        """
+        return [
+            s if ops is None else project_structure(s, ops)
+            for s, ops in zip(structures, self.operations, strict=True)
+        ]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -340,4 +353,5 @@ def symmetrize_structures(structures: Sequence[Structure], tolerance: float = 0.
         structures=[r.structure for r in results],
         projector=SymmetryProjector([r.operations for r in results], [len(s) for s in structures]),
         cases=[r.case for r in results],
+        operations=[r.operations for r in results],
     )

@@ -15,6 +15,7 @@ from hf_crystal.symmetry import (
     project_structure,
     space_group,
     symmetrize,
+    symmetrize_structures,
     symmetry_operations,
 )
 
@@ -176,6 +177,20 @@ def test_symmetrize_ladder():
     assert result.case == "plain" and result.operations is None and result.structure is on_top
 
 
+def test_last_projection_restores_a_clamped_lattice():
+    """Primitive rock salt has angles of 60°, at the edge of the refiner's angle interval (59.9°, 120.1°): a flow
+    that leaves the interval is clamped and only nearly symmetric; the batch's last projection makes it exact."""
+    primitive = rocksalt().get_primitive_structure()
+    batch = symmetrize_structures([primitive], 0.1)
+    clamped = Structure(
+        Lattice.from_parameters(*primitive.lattice.abc, 60.4, 59.9, 59.9),
+        primitive.species,
+        primitive.frac_coords,
+    )
+    assert space_group(clamped, 1e-3) != 225
+    assert space_group(batch.project([clamped])[0], 1e-5) == 225
+
+
 # --- the symmetry-preserving refiner ------------------------------------------------------------------------------
 
 TINY = dict(hidden_dim=16, edge_dim=8, num_layers=1, time_dim=8, num_freqs=4)
@@ -189,8 +204,8 @@ def tiny_refiner(**scheduler) -> CrystalRefinerPipeline:
 
 
 def test_refiner_keeps_the_space_group():
-    inputs = [build() for build, _ in SYMMETRIC.values()]
-    numbers = [number for _, number in SYMMETRIC.values()]
+    inputs = [build() for build, _ in SYMMETRIC.values()] + [rocksalt().get_primitive_structure()]
+    numbers = [number for _, number in SYMMETRIC.values()] + [225]
     pipe = tiny_refiner(base_noise_std=0.05)
     out = pipe(inputs, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert out.symmetry_cases == ["tolerance"] * len(inputs)

@@ -119,7 +119,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
             raise ValueError(f"symmetry_tolerance must be positive or None, got {symmetry_tolerance}")
         if self.scheduler.config.base_distribution == "uniform":
             symmetry_tolerance = None  # the given positions are not used, nor is their symmetry
-        refined, cases = [], []
+        refined, cases, symmetrized = [], [], None
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
             project = None
@@ -147,7 +147,8 @@ class CrystalRefinerPipeline(DiffusionPipeline):
                 coords, lattice = project(batch.frac_coords, batch.lattice)
                 batch = batch.replace(frac_coords=coords, lattice=lattice)
             batch = batch.to(self.device, self.model.dtype)
-            refined.extend(self._integrate(batch, num_inference_steps, project).to_structures())
+            out = self._integrate(batch, num_inference_steps, project).to_structures()
+            refined.extend(out if symmetrized is None else symmetrized.project(out))
         if not return_dict:
             return (refined,)
         return CrystalRefinerPipelineOutput(
