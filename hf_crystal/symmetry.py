@@ -22,6 +22,9 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from pymatgen.symmetry.groups import SpaceGroup
 
 from hf_crystal.refiner.manifold import (
+    ANGLE_MARGIN,
+    ANGLE_MAX,
+    ANGLE_MIN,
     lattice_to_unconstrained,
     torus_displacement,
     unconstrained_to_lattice,
@@ -310,6 +313,14 @@ def symmetrize(
         projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
         return Symmetrized(projected, operations, case)
     return Symmetrized(structure, None, "plain")
+
+
+def _near_angle_bounds(structure: Structure) -> bool:
+    """Whether a lattice angle lies where the refiner's angle map clamps it (otherwise the flow's last projection
+    already made the structure exact)."""
+    angles = np.array(structure.lattice.angles)
+    margin = 2 * ANGLE_MARGIN
+    return bool(((angles < ANGLE_MIN + margin) | (angles > ANGLE_MAX - margin)).any())
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pymatgen.core import Structure
 
 from hf_crystal import embedded
 from hf_crystal.hub_access import offline_errors
-from hf_crystal.refiner.batching import CrystalBatch
+from hf_crystal.refiner.batching import CrystalBatch, niggli_reduced
 from hf_crystal.refiner.manifold import wrap
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
 from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sample_uniform_base
@@ -128,8 +128,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
             else:
                 from hf_crystal.symmetry import symmetrize_structures
 
-                reduced = CrystalBatch.from_structures(chunk, dtype=torch.float64).to_structures()
-                symmetrized = symmetrize_structures(reduced, symmetry_tolerance)
+                symmetrized = symmetrize_structures([niggli_reduced(s) for s in chunk], symmetry_tolerance)
                 batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
                 project, cases = symmetrized.projector, cases + symmetrized.cases
             config = self.scheduler.config
