@@ -251,3 +251,23 @@ def test_close_atoms_are_kept():
 def test_symmetry_tolerance_must_be_positive():
     with pytest.raises(ValueError, match="symmetry_tolerance"):
         tiny_refiner()([rocksalt()], symmetry_tolerance=0.0)
+
+
+def test_refine_command_reports_symmetry_cases(tmp_path, capsys):
+    from hf_crystal.commands import main
+    from hf_crystal.data import read_structures
+
+    tiny_refiner(base_noise_std=0.05).save_pretrained(tmp_path / "refiner")
+    source = tmp_path / "in.cif"
+    source.write_text(perovskite().to(fmt="cif") + wurtzite().to(fmt="cif"))
+    argv = ["refine", str(source), "--refiner", str(tmp_path / "refiner"), "--steps", "3"]
+    assert main([*argv, "--out", str(tmp_path / "out.cif")]) == 0
+    assert "symmetry (tolerance 0.1 Å): tolerance: 2, tolerance/10: 0" in capsys.readouterr().out
+    _, refined, _ = read_structures(tmp_path / "out.cif")
+    assert [space_group(s, 0.01) for s in refined] == [221, 186]
+    assert (
+        main([*argv, "--no-symmetry", "--symmetry-tolerance", "0.1", "--out", str(tmp_path / "x.cif")]) == 2
+    )
+    assert main([*argv, "--symmetry-tolerance", "0", "--out", str(tmp_path / "x.cif")]) == 2
+    evaluate = ["evaluate", str(source), "--reference", str(source), "--out", str(tmp_path / "eval")]
+    assert main([*evaluate, "--no-relax", "--relax-symmetry"]) == 2
