@@ -173,14 +173,14 @@ def _ipt(model_id: str, structures: list) -> dict:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.relax_symmetry is not None and (args.no_relax or args.relax_symmetry <= 0):
+        raise UsageError("--relax-symmetry needs relaxation (no --no-relax) and a positive SYMPREC")
     from hf_crystal.evaluation.metrics import compute_metrics
     from hf_crystal.evaluation.report import write_report
 
     self_consistent = (
         args.hull == "self-consistent"
     )  # stability.SELF_CONSISTENT (not imported: it loads pymatgen)
-    if args.relax_symmetry is not None and (args.no_relax or args.relax_symmetry <= 0):
-        raise UsageError("--relax-symmetry needs relaxation (no --no-relax) and a positive SYMPREC")
     if args.hull_set and not self_consistent:
         raise UsageError("--hull-set chooses the structures of --hull self-consistent; add that option")
     if args.hull and not self_consistent and not Path(args.hull).exists():
