@@ -25,8 +25,8 @@ from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler, sam
 DEFAULT_NUM_INFERENCE_STEPS = 10
 # Crystals integrated together; on a CPU, 64 MP-20-sized crystals gave the best throughput (bench_refiner.py).
 DEFAULT_BATCH_SIZE = 64
-# Symmetry operations are looked for at this tolerance (Å) by default (spglib's symprec; SPEC: the headline
-# tolerance of the symmetry metrics), then at a tenth and a hundredth of it (`hf_crystal.symmetry.symmetrize`).
+# Symmetry operations are looked for at this tolerance (Å) by default (spglib's symprec; the headline tolerance of
+# `hf_crystal.evaluation.symmetry`), then at a tenth and a hundredth of it (`hf_crystal.symmetry.symmetrize`).
 DEFAULT_SYMMETRY_TOLERANCE = 0.1
 # `from_pretrained` options that concern the download of a Hub repo.
 _DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
@@ -108,7 +108,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
 
         With `symmetry_tolerance` (Å; None turns it off), the refiner keeps each structure's space group
         (DiffCSP++'s idea in FlowLLM's refiner): the operations spglib finds on the Niggli-reduced cell are kept
-        by one projection of the structure, of the base noise and of every Euler step
+        by one projection of the structure, of the base noise, of every Euler step and of the velocity before it
         (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
         hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A refiner
         from the uniform base ignores it: it uses only the atoms of the structures, not their positions.
