@@ -6,6 +6,10 @@ random structures of 4-20 atoms. Throughput does not depend on training, so the 
 
     python benchmarks/bench_refiner.py --threads 1
     python benchmarks/bench_refiner.py --sizes 64x3 128x3x64 --steps 10 100 --batch-sizes 64 --threads 2
+    python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --threads 1
+
+`--symmetry` times the plain flow ("none") and the symmetry-preserving one at the given tolerances (Å) in one run
+(finding the operations, the projection and the projected steps; `hf_crystal.symmetry`).
 
 A size is HIDDENxLAYERS[xEDGE[xFREQS]] (edge width, default HIDDEN // 2; Fourier frequencies, default the model's);
 "default" is the model's default configuration.
@@ -73,7 +77,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--symmetry", nargs="+", default=["none"], help='symmetry tolerances in Å, "none" for the plain flow'
+    )
     args = parser.parse_args()
+    tolerances = [None if t == "none" else float(t) for t in args.symmetry]
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +91,7 @@ def main() -> None:
     print(f"structures: {source}; {len(structures)} with {sizes.mean():.1f} atoms on average")
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
 
-    header = f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'structures/s':>12} |"
+    header = f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'symmetry':>8} | {'structures/s':>12} |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for size in args.sizes:
@@ -96,13 +104,18 @@ def main() -> None:
         pipe(structures[:2], num_inference_steps=2)  # warm-up
         for steps in args.steps:
             for batch_size in args.batch_sizes:
-                chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
-                start = time.perf_counter()
-                pipe(chunk, num_inference_steps=steps, batch_size=batch_size)
-                rate = len(chunk) / (time.perf_counter() - start)
-                print(
-                    f"| {name:<26} | {params:>8} | {steps:>5} | {batch_size:>5} | {rate:>12.1f} |", flush=True
-                )
+                for tolerance in tolerances:
+                    chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
+                    start = time.perf_counter()
+                    pipe(
+                        chunk, num_inference_steps=steps, batch_size=batch_size, symmetry_tolerance=tolerance
+                    )
+                    rate = len(chunk) / (time.perf_counter() - start)
+                    print(
+                        f"| {name:<26} | {params:>8} | {steps:>5} | {batch_size:>5} | {str(tolerance):>8} "
+                        f"| {rate:>12.1f} |",
+                        flush=True,
+                    )
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -16,7 +16,8 @@ the formula condition meant) and `attempts` (samples drawn for this slot:
 bad model output. With a refiner (`refiner=` at construction: a `CrystalRefinerPipeline`, folder or Hub
 id; by default "auto": the refiner the model comes with, which only the embedded default model has, see
 `hf_crystal.embedded`; None for none), each sample also carries `refined_structure` and `refined_valid`:
-the LLM's structure moved by the FlowLLM refiner (`refine_steps` Euler steps), or None for a sample the
+the LLM's structure moved by the FlowLLM refiner (`refine_steps` Euler steps, keeping the sample's space
+group unless `symmetry_tolerance=None`; `refine_symmetry` says how), or None for a sample the
 LLM did not write parseably (passed through untouched). For file formats use `structure.to(fmt="cif")` or
 `hf_crystal.structure_io.SampleWriter`.
 Infill (masked element) is the separate task "crystal-infill" (`hf_crystal.pipeline_infill`).
@@ -78,6 +79,9 @@ class CrystalGenerationPipeline(Pipeline):
             LLM's structure, before refinement).
         refine_steps: Euler steps of the refiner (default: the model's generation config `refine_steps`, else the
             refiner's own default).
+        symmetry_tolerance: the refiner keeps each sample's space group found at this tolerance (Å; default
+            the refiner's, 0.1; None turns it off); each sample says how in `refine_symmetry`
+            (`hf_crystal.symmetry.SYMMETRIZE_CASES`).
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.
@@ -126,7 +130,7 @@ class CrystalGenerationPipeline(Pipeline):
         ):
             if value is not None:
                 preprocess[key] = value
-        forward = dict(generate_kwargs)
+        forward = dict(generate_kwargs)  # symmetry_tolerance too, where given: None turns it off
         for key, value in (
             ("until_valid", until_valid),
             ("max_attempts", max_attempts),
@@ -231,6 +235,11 @@ class CrystalGenerationPipeline(Pipeline):
             # A budget that always fits a complete constrained crystal, instead of the generic default.
             cells = [e["constraint"] for c in choices if c is not None for e in c["encoded"]]
             kwargs["max_new_tokens"] = max(c.max_new_tokens for c in [*constraints, *cells])
+        refine_options = (
+            {"symmetry_tolerance": kwargs.pop("symmetry_tolerance")} if "symmetry_tolerance" in kwargs else {}
+        )
+        if refine_steps is not None:
+            refine_options["num_inference_steps"] = refine_steps
         kwargs = self._prepare_generate_kwargs(kwargs)
         per_prompt = kwargs.pop("num_return_sequences", None) or 1
         batch = model_inputs["input_ids"].shape[0]
@@ -256,9 +265,11 @@ class CrystalGenerationPipeline(Pipeline):
         for sample, n, asked in zip(samples, attempts, conditions, strict=True):
             sample["conditions"], sample["attempts"] = dict(asked), n
         if self.refiner is not None:
-            for sample, refined in zip(samples, self._refine(samples, refine_steps), strict=True):
-                sample["refined_structure"] = refined
-                sample["refined_valid"] = refined is not None and validity_flags(refined)["valid"]
+            refined, cases = self._refine(samples, refine_options)
+            for sample, structure, case in zip(samples, refined, cases, strict=True):
+                sample["refined_structure"] = structure
+                sample["refined_valid"] = structure is not None and validity_flags(structure)["valid"]
+                sample["refine_symmetry"] = case
         # An object array, which the pipeline's batching splits like a tensor: (batch, per_prompt).
         out = np.empty(len(samples), dtype=object)
         out[:] = samples
@@ -308,15 +319,17 @@ class CrystalGenerationPipeline(Pipeline):
         rows = generate_rows(self.model, input_ids, attention_mask, processor, kwargs)
         return [self._decode(tokens) for tokens in rows]
 
-    def _refine(self, samples: list[dict], refine_steps: int | None) -> list:
-        """The refined structure of each sample, None where the LLM's text does not parse."""
+    def _refine(self, samples: list[dict], options: dict) -> tuple[list, list]:
+        """The refined structure of each sample and how its symmetry was kept (None without symmetry), both None
+        where the LLM's text does not parse."""
         parsed = [s["structure"] for s in samples if s["structure"] is not None]
-        refine_steps = refine_steps or model_setting(self.model, "refine_steps")
-        options = {} if refine_steps is None else {"num_inference_steps": refine_steps}
-        refined = iter(
-            self.refiner(parsed, batch_size=max(len(parsed), 1), **options).structures if parsed else []
-        )
-        return [None if s["structure"] is None else next(refined) for s in samples]
+        if "num_inference_steps" not in options and model_setting(self.model, "refine_steps") is not None:
+            options = {**options, "num_inference_steps": model_setting(self.model, "refine_steps")}
+        out = self.refiner(parsed, batch_size=max(len(parsed), 1), **options) if parsed else None
+        refined = iter(out.structures if out else [])
+        cases = iter((out.symmetry_cases or [None] * len(parsed)) if out else [])
+        pairs = [(None, None) if s["structure"] is None else (next(refined), next(cases)) for s in samples]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _decode(self, tokens: torch.Tensor) -> dict:
         """What the model wrote, read in the model's text format (`crystal_format`)."""

@@ -144,8 +144,11 @@ def test_compute_metrics_writes_nothing_and_write_report_writes_it_all(tmp_path,
     out = write_report(result, tmp_path / "report")
     assert json.loads((out / "metrics.json").read_text()) == result.metrics
     assert sorted(p.name for p in out.iterdir()) == [
-        "e_hull.png", "lattice.png", "metrics.json", "nary_density.png", "relaxed.cif", "report.md", "samples.csv",
+        "crystal_systems.png", "e_hull.png", "lattice.png", "metrics.json", "nary_density.png", "relaxed.cif",
+        "report.md", "samples.csv",
     ]  # fmt: skip
+    assert nacl_row["space_group"] == 221 and metrics["relaxed_n_symmetry_sp0.1"] == 2
+    assert "## Symmetry" in (out / "report.md").read_text()
     rows = list(csv.DictReader(open(out / "samples.csv")))
     assert [r["id"] for r in rows] == ["nacl", "kcl"]
     assert float(rows[0]["e_hull"]) == pytest.approx(nacl_row["e_hull"]) and rows[1]["e_hull"] == ""

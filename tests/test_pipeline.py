@@ -493,7 +493,7 @@ def test_the_model_generation_config_sets_max_sites_and_refine_steps(tiny_model,
     class Refiner:  # records the steps it is asked for; moves nothing
         def __call__(self, structures, num_inference_steps=10, **kwargs):
             steps.append(num_inference_steps)
-            return type("Output", (), {"structures": structures})()
+            return type("Output", (), {"structures": structures, "symmetry_cases": None})()
 
         def set_progress_bar_config(self, **kwargs):
             pass

@@ -155,6 +155,8 @@ def _ipt(model_id: str, structures: list) -> dict:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.relax_symmetry is not None and (args.no_relax or args.relax_symmetry <= 0):
+        raise UsageError("--relax-symmetry needs relaxation (no --no-relax) and a positive SYMPREC")
     from hf_crystal.evaluation.metrics import compute_metrics
     from hf_crystal.evaluation.report import write_report
 

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError, positive_int
+from hf_crystal.commands.refine import add_symmetry_options, case_counts, symmetry_tolerance
 from hf_crystal.embedded import DEFAULT_MODEL
 from hf_crystal.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 
@@ -50,6 +51,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = {"constrain": not args.no_constrain, "batch_size": args.batch_size}
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    if args.refiner:
+        options["symmetry_tolerance"] = symmetry_tolerance(args)
     for key in ("temperature", "top_p", "max_new_tokens", "max_sites", "formula_units"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
@@ -58,6 +61,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         args, plan, options, pipe.model, [writer.path, *([llm_writer.path] if llm_writer else [])]
     )
     totals = {"generated": 0, "parsed": 0, "valid": 0, "refined valid": 0, "written": 0}
+    cases = []  # how the refiner kept each sample's symmetry
     with tqdm(total=total, initial=min(start, total), unit=" crystals", desc="generating") as bar:
         for index, sets, per_set in _batches(plan, start, args.batch_size):
             seed = None if args.seed is None else args.seed + index  # a resumed run draws new samples
@@ -79,6 +83,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     {**s, "structure": s["refined_structure"], "valid": s["refined_valid"]} for s in samples
                 ]
                 totals["refined valid"] += sum(s["valid"] for s in samples)
+                cases += [s["refine_symmetry"] for s in samples if s["refine_symmetry"] is not None]
             totals["written"] += writer.write(samples, start=index)
             bar.update(n)
     refined = (
@@ -91,7 +96,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         f"generated {totals['generated']}, parsed {totals['parsed']}, valid {totals['valid']}{refined}; "
         f"wrote {totals['written']} to {args.out}" + (f" (resumed at sample {start})" if start else "")
     )
+    if cases:
+        print(f"refiner symmetry (tolerance {options['symmetry_tolerance']} Å): {case_counts(cases)}")
+        _record_symmetry_cases(writer.path, cases, resumed=bool(start))
     return 0
+
+
+def _record_symmetry_cases(samples: Path, cases: list, resumed: bool) -> None:
+    """Add how the refiner kept the samples' symmetry to the generation record (shown by `evaluate`)."""
+    import json
+
+    from hf_crystal.symmetry import SYMMETRIZE_CASES
+
+    path = generation_record_path(samples)
+    record = json.loads(path.read_text())
+    key = "refine_symmetry_cases" + ("_after_resume" if resumed else "")
+    record[key] = {case: cases.count(case) for case in SYMMETRIZE_CASES}
+    path.write_text(json.dumps(record, indent=1))
 
 
 def _write_generation_record(args, plan, options, model, paths) -> None:
@@ -116,7 +137,15 @@ def _write_generation_record(args, plan, options, model, paths) -> None:
     }
     for path in paths:
         refined = path == Path(args.out) and args.refiner
-        extra = {"refiner": args.refiner, "refine_steps": args.refine_steps} if refined else {}
+        extra = (
+            {
+                "refiner": args.refiner,
+                "refine_steps": args.refine_steps,
+                "symmetry_tolerance": options.get("symmetry_tolerance"),
+            }
+            if refined
+            else {}
+        )
         generation_record_path(path).write_text(json.dumps(record | extra, indent=1))
 
 
@@ -276,6 +305,7 @@ def add_parser(subparsers) -> None:
         type=positive_int,
         help="Euler steps of the refiner (default: the model's generation config, else the refiner's: 10)",
     )
+    add_symmetry_options(gen)
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run up to --num")
     gen.add_argument("--out", required=True, help="output file: .cif, .extxyz, .csv or .jsonl")
     gen.set_defaults(func=_cmd_generate)

@@ -20,12 +20,21 @@ __all__ = ["add_relax_arguments", "relaxer_from_args", "set_threads"]
 
 
 def add_relax_arguments(parser: argparse.ArgumentParser, *, batch_flag: str = "--batch-size") -> None:
-    """Add CHGNet relaxation flags (--fmax, --max-steps, --optimizer, the batch size, --cache-dir, --threads)."""
+    """Add CHGNet relaxation flags (--fmax, --max-steps, --optimizer, --relax-symmetry, the batch size,
+    --cache-dir, --threads)."""
     parser.add_argument(
         "--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})"
     )
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
     parser.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
+    parser.add_argument(
+        "--relax-symmetry",
+        type=float,
+        nargs="?",
+        const=0.1,
+        metavar="SYMPREC",
+        help="relax keeping each structure's space group found at SYMPREC Å (default 0.1; ASE FixSymmetry)",
+    )
     parser.add_argument(
         batch_flag,
         dest="relax_batch_size",
@@ -59,4 +68,6 @@ def relaxer_from_args(args: argparse.Namespace):
         max_steps=args.max_steps,
         batch_size=args.relax_batch_size,
         cache_dir=args.cache_dir or cache_dir("relax"),
+        fix_symmetry=args.relax_symmetry is not None,
+        symprec=args.relax_symmetry or 0.1,
     )

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from hf_crystal.evaluation import coverage as cov
 from hf_crystal.evaluation.distributions import densities, distribution_distances, lattice_parameters, n_ary
 from hf_crystal.evaluation.novelty import default_matcher, novel_flags, unique_flags
+from hf_crystal.evaluation.rates import wilson_interval
+from hf_crystal.evaluation.symmetry import SYMMETRY_METRICS, SYMPRECS, symmetry_metrics
 from hf_crystal.evaluation.validity import validity_flags
 
 __all__ = [
@@ -95,6 +97,13 @@ METRICS = {
     "sun_rate_covered": "sun_rate over the hull-covered samples (denominator n_hull_covered)",
     "sun_rate_covered_ci95": "95% Wilson interval of sun_rate_covered",
 }
+# Symmetry at symprec 0.1 and 0.01 Å, of the samples and (prefix ``relaxed_``) of their relaxed structures.
+METRICS |= {
+    f"{prefix}{key}_sp{symprec:g}": f"{'relaxed structures: ' if prefix else ''}{meaning} (symprec {symprec:g} Å)"
+    for prefix in ("", "relaxed_")
+    for symprec in SYMPRECS
+    for key, meaning in SYMMETRY_METRICS.items()
+}
 # The intervals of the rates above that carry one, with their denominators.
 METRICS |= {
     f"{key}_ci95": f"95% Wilson interval of {key} (denominator {n})"
@@ -117,7 +126,8 @@ SAMPLE_COLUMNS = [
     "id", "formula", "n_atoms", "n_elements", "density", "struct_valid", "comp_valid", "valid", "unique",
     "novel", "relax_error", "converged", "steps", "energy_per_atom", "energy_drop", "corrected_energy_per_atom",
     "e_hull", "hull_error", "hull_covered", "metastable", "stable", "sun", "match_relaxed", "rmsd_relaxed",
-    "formation_energy_per_atom", "conditions", "condition_results",
+    "formation_energy_per_atom", "conditions", "condition_results", "space_group", "space_group_sp0.01",
+    "relaxed_space_group",
 ]  # fmt: skip
 
 
@@ -174,6 +184,7 @@ def compute_metrics(
     coverage_scaler: str = "cdvae",
     conditions: Sequence[dict | str] | None = None,
     unreadable_conditions: Sequence[dict | str] = (),
+    symmetry: bool = True,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``samples`` against ``reference`` (coverage, distributions) and ``train`` (novelty).
@@ -195,6 +206,8 @@ def compute_metrics(
         conditions: the conditions each sample was generated for (dicts or the JSON ``conditions`` cells that
             ``hf-crystal generate`` writes); ``unreadable_conditions`` those of the unreadable samples, which
             count as misses. Satisfaction metrics: ``hf_crystal.evaluation.conditions``.
+        symmetry: space-group metrics (``hf_crystal.evaluation.symmetry``) of the samples and, when relaxing,
+            of the relaxed structures, at symprec 0.1 and 0.01 Å.
 
     Writes no files (besides the relaxer's cache, see the module docstring).
     """
@@ -227,6 +240,12 @@ def compute_metrics(
     )
     metrics |= distribution_distances(valid, reference)
     metrics |= _uniqueness_novelty(samples, train, rows, progress=progress)
+    reference_groups = None
+    if symmetry:
+        found, groups, reference_groups = symmetry_metrics(samples, reference, progress=progress)
+        metrics |= found
+        for row, g, g_fine in zip(rows, groups[0.1], groups[0.01], strict=True):
+            row |= {"space_group": g, "space_group_sp0.01": g_fine}
     relaxed: list[tuple[str, Structure]] | None = None
     if relax:
         hull = _hull(
@@ -241,6 +260,18 @@ def compute_metrics(
         )
         metrics |= stability.metrics
         relaxed = stability.relaxed
+        if symmetry:
+            found, groups, _ = symmetry_metrics(
+                [structure for _, structure in relaxed],
+                reference,
+                prefix="relaxed_",
+                reference_groups=reference_groups,
+                progress=progress,
+            )
+            metrics |= found
+            by_id = dict(zip([name for name, _ in relaxed], groups[0.1], strict=True))
+            for row in rows:
+                row["relaxed_space_group"] = by_id.get(row["id"])
     if conditions is not None:
         metrics |= _conditions(
             samples, rows, list(conditions), list(unreadable_conditions), relaxed=relax, progress=progress
@@ -262,19 +293,6 @@ def compute_metrics(
 
 def _rate(count: float, total: int) -> float:
     return float(count) / total if total else float("nan")
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927, via `scipy.stats.binomtest`); (NaN, NaN) when
-    ``n`` is 0."""
-    from scipy.stats import binomtest
-
-    if not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    if n == 0:
-        return float("nan"), float("nan")
-    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)
 
 
 def _rate_with_ci(name: str, count: int, total: int) -> dict:

@@ -50,6 +50,8 @@ MIN_VOLUME_PER_ATOM = 3.0
 # Part of the cache key: results of another implementation (1: CHGNet.predict_graph, double backward) are
 # not mixed with this one's.
 RELAX_IMPLEMENTATION = 2
+# spglib tolerance (Å) of ASE's FixSymmetry on a structure already symmetrized by projection.
+_EXACT_SYMPREC = 1e-5
 
 
 class RelaxationError(RuntimeError):
@@ -194,14 +196,31 @@ class FastFrechetCellFilter(FrechetCellFilter):
 class _Slot:
     """One structure being relaxed: its ASE atoms, (filtered) optimizable and optimizer state."""
 
-    def __init__(self, index: int, structure: Structure, optimizer_cls, relax_cell: bool, fmax: float):
+    def __init__(
+        self,
+        index: int,
+        structure: Structure,
+        optimizer_cls,
+        relax_cell: bool,
+        fmax: float,
+        symprec: float | None = None,
+    ):
         self.index = index
+        if symprec is not None:  # the structure's own group, exactly (same cell, same atoms)
+            from hf_crystal.symmetry import symmetrize
+
+            structure = symmetrize(structure, symprec).structure
         self.atoms = Atoms(
             numbers=[site.specie.Z for site in structure],
             positions=structure.cart_coords,
             cell=structure.lattice.matrix,
             pbc=True,
         )
+        if symprec is not None:
+            from ase.constraints import FixSymmetry
+
+            # The projection made the symmetry exact: a tight tolerance finds exactly the group it kept.
+            self.atoms.set_constraint(FixSymmetry(self.atoms, symprec=_EXACT_SYMPREC))
         target = FastFrechetCellFilter(self.atoms) if relax_cell else self.atoms
         self.optimizer = optimizer_cls(target, logfile=None)
         self.optimizer.fmax = fmax
@@ -229,6 +248,11 @@ class BatchedRelaxer:
         relax_cell: relax the cell (ASE ``FrechetCellFilter``) as well as the positions.
         batch_size: number of structures stepped together.
         cache_dir: directory of the on-disk result cache; None disables caching.
+        fix_symmetry: keep each structure's space group, as crystal-structure prediction codes do: the structure
+            is first projected onto its group at ``symprec`` (``hf_crystal.symmetry.symmetrize``, same cell and
+            atoms; where no group is found at ``symprec`` or a tenth or hundredth of it, it relaxes freely),
+            then relaxed under ASE's ``FixSymmetry`` constraint.
+        symprec: spglib tolerance (Å) of ``fix_symmetry``.
     """
 
     def __init__(
@@ -241,11 +265,13 @@ class BatchedRelaxer:
         relax_cell: bool = True,
         batch_size: int = DEFAULT_BATCH_SIZE,
         cache_dir: str | os.PathLike | None = None,
+        fix_symmetry: bool = False,
+        symprec: float = 0.1,
     ):
         if optimizer not in OPTIMIZERS:
             raise RelaxationError(f"optimizer {optimizer!r} is not supported; choose one of {OPTIMIZERS}")
-        if batch_size < 1 or max_steps < 0 or fmax <= 0:
-            raise RelaxationError("batch_size must be >= 1, max_steps >= 0 and fmax > 0")
+        if batch_size < 1 or max_steps < 0 or fmax <= 0 or symprec <= 0:
+            raise RelaxationError("batch_size must be >= 1, max_steps >= 0, fmax > 0 and symprec > 0")
         if model is None:
             from chgnet.model import CHGNet
 
@@ -257,12 +283,14 @@ class BatchedRelaxer:
         self.relax_cell = bool(relax_cell)
         self.batch_size = int(batch_size)
         self.cache = RelaxCache(cache_dir) if cache_dir is not None else None
+        self.symprec = float(symprec) if fix_symmetry else None
         self._calculator = None
 
     @property
     def settings(self) -> dict:
         """Everything that changes a result: part of the cache key."""
-        return {
+        symmetry = {} if self.symprec is None else {"fix_symmetry": self.symprec}
+        return symmetry | {
             "model": f"chgnet-{self.model.version}",
             "optimizer": self.optimizer,
             "fmax": self.fmax,
@@ -328,7 +356,7 @@ class BatchedRelaxer:
             return None, f"cell too dense to relax ({structure.volume / len(structure):.3g} Å^3/atom)"
         try:
             return _Slot(
-                index, structure, getattr(optimize, self.optimizer), self.relax_cell, self.fmax
+                index, structure, getattr(optimize, self.optimizer), self.relax_cell, self.fmax, self.symprec
             ), None
         except Exception as exc:  # e.g. a singular cell
             return None, f"setup failed: {exc}"

@@ -122,7 +122,34 @@ def _plots(out: Path, result: EvaluationResult) -> list[str]:
         written.append(_save(fig, out / "lattice.png"))
         if _conditions_plot(plt, result.rows, out / "conditions.png"):
             written.append("conditions.png")
+        if _crystal_system_plot(plt, result.metrics, out / "crystal_systems.png"):
+            written.append("crystal_systems.png")
     return written
+
+
+def _crystal_system_plot(plt, metrics: dict, path: Path) -> bool:
+    """Crystal-system shares (symprec 0.1) of the samples, the relaxed samples and the reference; False when the
+    symmetry metrics were not computed."""
+    from hf_crystal.symmetry import CRYSTAL_SYSTEMS
+
+    sets = {
+        "samples": metrics.get("crystal_systems_sp0.1"),
+        "relaxed": metrics.get("relaxed_crystal_systems_sp0.1"),
+        "reference": metrics.get("reference_crystal_systems_sp0.1"),
+    }
+    sets = {name: shares for name, shares in sets.items() if shares}
+    if not sets:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(sets)
+    x = np.arange(len(CRYSTAL_SYSTEMS))
+    for k, (name, shares) in enumerate(sets.items()):
+        ax.bar(x + (k - (len(sets) - 1) / 2) * width, [shares[c] for c in CRYSTAL_SYSTEMS], width, label=name)
+    ax.set_xticks(x, CRYSTAL_SYSTEMS, rotation=20)
+    ax.set(ylabel="share of structures with a group", title="crystal systems (spglib, symprec 0.1 Å)")
+    ax.legend()
+    _save(fig, path)
+    return True
 
 
 def _conditions_plot(plt, rows: list[dict], path: Path) -> bool:
@@ -178,6 +205,8 @@ def _shown(value) -> str:
         return f"{value:.4g}"
     if isinstance(value, list):
         return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_shown(v)}" for k, v in value.items())
     return "n/a" if value is None else str(value)
 
 
@@ -240,8 +269,42 @@ def _condition_lines(metrics: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _symmetry_lines(metrics: dict) -> list[str]:
+    """P1 / undetermined rates and the space-group chi-square as a table, per structure set and symprec."""
+    rows = []
+    for prefix, name in (("", "samples"), ("relaxed_", "relaxed samples")):
+        for symprec in ("0.1", "0.01"):
+            key = f"{prefix}{{}}_sp{symprec}"
+            if key.format("n_symmetry") not in metrics:
+                continue
+            rows.append(
+                f"| {name} | {symprec} | {metrics[key.format('n_symmetry')]} | "
+                f"{_shown(metrics[key.format('p1_rate')])} {_shown(metrics[key.format('p1_rate_ci95')])} | "
+                f"{_shown(metrics[key.format('undetermined_rate')])} | "
+                f"{_shown(metrics[key.format('tetragonal_or_higher_rate')])} | "
+                f"{metrics[key.format('n_space_groups')]} | {_shown(metrics[key.format('sg_chi2')])} "
+                f"(data floor {_shown(metrics[key.format('sg_chi2_floor')])}) | "
+                f"{_shown(metrics[key.format('reference_p1_rate')])} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Symmetry",
+        "",
+        "Space groups by spglib (pymatgen SpacegroupAnalyzer); chi-square as WyckoffTransformer's get_sg_chi2, "
+        "beside what as many reference structures drawn from the reference score (it shrinks as N grows).",
+        "",
+        "| structures | symprec (Å) | N | P1 (95% CI) | undetermined | tetragonal or higher | groups "
+        "| SG chi-square | reference P1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def _markdown(out: Path, metrics: dict, *, plots: list[str], relaxed: bool) -> None:
     lines = ["# Evaluation report", "", *_stability_lines(metrics), "", *_condition_lines(metrics)]
+    lines += _symmetry_lines(metrics)
     lines += ["| metric | value | meaning |", "|---|---|---|"]
     for key, value in metrics.items():
         lines.append(f"| `{key}` | {_shown(value)} | {METRICS.get(key, '')} |")
@@ -255,6 +318,7 @@ def _markdown(out: Path, metrics: dict, *, plots: list[str], relaxed: bool) -> N
         ("nary_density.png", "Number of elements and density"),
         ("lattice.png", "Lattice parameters"),
         ("conditions.png", "Requested vs achieved conditions"),
+        ("crystal_systems.png", "Crystal systems"),
     ]:
         if png in plots:
             lines += [f"## {title}", "", f"![{title}]({png})", ""]

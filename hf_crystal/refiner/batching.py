@@ -11,6 +11,15 @@ from pymatgen.core import Element, Lattice, Structure
 from hf_crystal.refiner.manifold import lattice_to_unconstrained, unconstrained_to_lattice, wrap
 
 
+def niggli_reduced(structure: Structure) -> Structure:
+    """The Niggli-reduced cell the refiner integrates (FlowMM reduces every structure before pairing); a lattice
+    pymatgen cannot reduce is kept as it is."""
+    try:
+        return structure.get_reduced_structure()
+    except ValueError:  # pymatgen's "can't reduce lattice" for degenerate cells
+        return structure
+
+
 @dataclasses.dataclass
 class CrystalBatch:
     """Crystals of different sizes stacked along the atom dimension.
@@ -52,10 +61,7 @@ class CrystalBatch:
             if not structure.is_ordered:
                 raise ValueError(f"structure {i} is disordered: the refiner needs one element per site")
             if niggli:
-                try:
-                    structure = structure.get_reduced_structure()
-                except ValueError:  # pymatgen's "can't reduce lattice" for degenerate cells
-                    pass
+                structure = niggli_reduced(structure)
             types.append(torch.tensor([site.specie.Z for site in structure], dtype=torch.long))
             coords.append(torch.as_tensor(structure.frac_coords, dtype=torch.float64))
             params.append(

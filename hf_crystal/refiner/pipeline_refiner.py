@@ -14,7 +14,7 @@ from pymatgen.core import Structure
 
 from hf_crystal import embedded
 from hf_crystal.hub_access import offline_errors
-from hf_crystal.refiner.batching import CrystalBatch
+from hf_crystal.refiner.batching import CrystalBatch, niggli_reduced
 from hf_crystal.refiner.modeling_cspnet import CSPNetModel
 from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler
 
@@ -24,6 +24,9 @@ from hf_crystal.refiner.scheduling_crystal_flow import CrystalFlowScheduler
 DEFAULT_NUM_INFERENCE_STEPS = 10
 # Crystals integrated together; on a CPU, 64 MP-20-sized crystals gave the best throughput (bench_refiner.py).
 DEFAULT_BATCH_SIZE = 64
+# Symmetry operations are looked for at this tolerance (Å) by default (spglib's symprec; the headline tolerance of
+# `hf_crystal.evaluation.symmetry`), then at a tenth and a hundredth of it (`hf_crystal.symmetry.symmetrize`).
+DEFAULT_SYMMETRY_TOLERANCE = 0.1
 # `from_pretrained` options that concern the download of a Hub repo.
 _DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
 
@@ -35,9 +38,13 @@ class CrystalRefinerPipelineOutput(BaseOutput):
     Args:
         structures (`list[Structure]`): One per input, in input order, with the input's elements in the input's
             site order (of the Niggli-reduced cell).
+        symmetry_cases (`list[str]`, *optional*): With a symmetry tolerance, how each input was symmetrized
+            (`hf_crystal.symmetry.SYMMETRIZE_CASES`: its operations found at the tolerance, a tenth or a hundredth
+            of it, or "plain": not found, refined without projection).
     """
 
     structures: list[Structure]
+    symmetry_cases: list[str] | None = None
 
 
 class CrystalRefinerPipeline(DiffusionPipeline):
@@ -87,6 +94,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         generator: torch.Generator | None = None,
+        symmetry_tolerance: float | None = DEFAULT_SYMMETRY_TOLERANCE,
         return_dict: bool = True,
     ) -> CrystalRefinerPipelineOutput | tuple[list[Structure]]:
         """Refine `structures` (ordered pymatgen structures), `batch_size` at a time.
@@ -96,27 +104,57 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         scheduler starts from the uniform base (`base_distribution="uniform"`) keeps only the atoms of the
         structures and draws positions and lattice with `generator`; `base_noise_std` jitters the given
         coordinates with `generator`.
+
+        With `symmetry_tolerance` (Å; None turns it off), the refiner keeps each structure's space group
+        (DiffCSP++'s idea in FlowLLM's refiner): the operations spglib finds on the Niggli-reduced cell are kept
+        by one projection of the structure, of the base noise, of every Euler step and of the velocity before it
+        (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
+        hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A refiner
+        from the uniform base ignores it: it uses only the atoms of the structures, not their positions.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
-        refined = []
+        if symmetry_tolerance is not None and not symmetry_tolerance > 0:
+            raise ValueError(f"symmetry_tolerance must be positive or None, got {symmetry_tolerance}")
+        if self.scheduler.config.base_distribution == "uniform":
+            symmetry_tolerance = None  # the given positions are not used, nor is their symmetry
+        refined, cases, symmetrized = [], [], None
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
-            batch = self.scheduler.sample_base(CrystalBatch.from_structures(chunk), generator)
+            project = None
+            if symmetry_tolerance is None:
+                batch = CrystalBatch.from_structures(chunk)
+            else:
+                from hf_crystal.symmetry import symmetrize_structures
+
+                symmetrized = symmetrize_structures([niggli_reduced(s) for s in chunk], symmetry_tolerance)
+                batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
+                project, cases = symmetrized.projector, cases + symmetrized.cases
+            batch = self.scheduler.sample_base(batch, generator, project=project)
             batch = batch.to(self.device, self.model.dtype)
-            refined.extend(self._integrate(batch, num_inference_steps).to_structures())
+            out = self._integrate(batch, num_inference_steps, project).to_structures()
+            refined.extend(out if symmetrized is None else symmetrized.project(out))
         if not return_dict:
             return (refined,)
-        return CrystalRefinerPipelineOutput(structures=refined)
+        return CrystalRefinerPipelineOutput(
+            structures=refined, symmetry_cases=cases if symmetry_tolerance else None
+        )
 
-    def _integrate(self, batch: CrystalBatch, num_inference_steps: int) -> CrystalBatch:
+    def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
+        """Euler steps. With a `SymmetryProjector` `project`, the coordinate velocity is projected before each
+        step and the state after it."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         frac_coords, lattice = batch.frac_coords, batch.lattice
         for t in self.scheduler.timesteps:
             velocity = self.model(
                 batch.atom_types, frac_coords, lattice, t.expand(batch.num_crystals), batch.crystal_index
             )
+            if project is not None:
+                coord_velocity, lattice_velocity = velocity.to_tuple()
+                velocity = (project.project_velocity(coord_velocity), lattice_velocity)
             frac_coords, lattice = self.scheduler.step(velocity, t, (frac_coords, lattice), return_dict=False)
+            if project is not None:
+                frac_coords, lattice = project(frac_coords, lattice)
         return batch.replace(frac_coords=frac_coords, lattice=lattice)
 
 
@@ -127,14 +165,21 @@ def refine(
     batch_size: int = DEFAULT_BATCH_SIZE,
     revision: str | None = None,
     seed: int | None = None,
+    symmetry_tolerance: float | None = DEFAULT_SYMMETRY_TOLERANCE,
 ) -> list[Structure]:
     """Refined copies of `structures`; `refiner` is a pipeline, a local folder or a Hub id (at `revision`).
 
     `seed` makes the base noise (or the uniform base) reproducible; None draws from torch's global generator.
+    `symmetry_tolerance` (Å) keeps each structure's space group found at that tolerance (None: off); see
+    `CrystalRefinerPipeline.__call__`.
     """
     if not isinstance(refiner, CrystalRefinerPipeline):
         refiner = CrystalRefinerPipeline.from_pretrained(refiner, revision=revision)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     return refiner(
-        structures, num_inference_steps=num_steps, batch_size=batch_size, generator=generator
+        structures,
+        num_inference_steps=num_steps,
+        batch_size=batch_size,
+        generator=generator,
+        symmetry_tolerance=symmetry_tolerance,
     ).structures

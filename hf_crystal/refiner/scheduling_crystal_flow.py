@@ -114,7 +114,7 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
         self,
         batch: CrystalBatch,
         generator: torch.Generator | None = None,
-        project: Callable[[CrystalBatch], CrystalBatch] | None = None,
+        project: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> CrystalBatch:
         """The start of the flow (t = 0) for the crystals of `batch`.
 
@@ -122,8 +122,8 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
             batch (`CrystalBatch`): The given structures (an LLM's samples, or a training pair's x0); for the
                 uniform base only their atoms are kept.
             generator (`torch.Generator`, *optional*): Source of the uniform base or of the base noise.
-            project (`Callable`, *optional*): Applied to the drawn point, e.g. a projection onto the structures
-                that keep a space group.
+            project (`Callable`, *optional*): Maps the drawn (fractional coordinates, lattice) to new ones, e.g.
+                `hf_crystal.symmetry.SymmetryProjector` onto the structures that keep a space group.
         """
         config = self.config
         if config.base_distribution == "uniform":
@@ -135,7 +135,10 @@ class CrystalFlowScheduler(SchedulerMixin, ConfigMixin):
             coords = batch.frac_coords
             noise = torch.randn(coords.shape, generator=generator, dtype=coords.dtype)
             batch = batch.replace(frac_coords=wrap(coords + config.base_noise_std * noise.to(coords.device)))
-        return batch if project is None else project(batch)
+        if project is not None:
+            coords, lattice = project(batch.frac_coords, batch.lattice)
+            batch = batch.replace(frac_coords=coords, lattice=lattice)
+        return batch
 
     @property
     def step_index(self) -> int | None:

@@ -1,0 +1,368 @@
+"""Space groups of crystals, their symmetry operations in the crystal's own cell, and projections onto the
+structures that keep them.
+
+The projections are those of DiffCSP++ (Jiao et al. 2024) and of ASE's `ase.spacegroup.symmetrize.refine_symmetry`,
+written for a batch of crystals in the refiner's flat layout (atoms of all crystals stacked, see
+`hf_crystal.refiner.batching`): fractional coordinates are averaged over the images that the operations and
+their atom maps give, the lattice metric over `W^T M W`. The cell and the atoms never change (unlike
+`SpacegroupAnalyzer.get_refined_structure`, which changes both).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from pymatgen.symmetry.groups import SpaceGroup
+
+from hf_crystal.refiner.manifold import (
+    ANGLE_MARGIN,
+    ANGLE_MAX,
+    ANGLE_MIN,
+    lattice_to_unconstrained,
+    torus_displacement,
+    unconstrained_to_lattice,
+    wrap,
+)
+
+__all__ = [
+    "CRYSTAL_SYSTEMS",
+    "SYMMETRIZE_CASES",
+    "SymmetrizedBatch",
+    "SymmetryError",
+    "SymmetryOperations",
+    "SymmetryProjector",
+    "crystal_system",
+    "project_structure",
+    "space_group",
+    "symmetrize",
+    "symmetrize_structures",
+    "symmetry_operations",
+]
+
+# Default spglib angle tolerance (degrees), as pymatgen's SpacegroupAnalyzer.
+ANGLE_TOLERANCE = 5.0
+CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+# How `symmetrize` ended: operations found and kept at the tolerance, at a tenth of it, at a hundredth, or not at
+# all (the structure is left as it is and the flow runs without a projection).
+SYMMETRIZE_CASES = ("tolerance", "tolerance/10", "tolerance/100", "plain")
+# Closer than this (Å), two atoms make a structure invalid (CDVAE's structural validity).
+MIN_DISTANCE = 0.5
+
+
+class SymmetryError(ValueError):
+    """spglib finds no space group, or its operations do not map the atoms onto atoms of the same species."""
+
+
+def space_group(
+    structure: Structure, symprec: float = 0.1, angle_tolerance: float = ANGLE_TOLERANCE
+) -> int | None:
+    """International number of the space group spglib finds at `symprec` (Å); None when it finds none
+    (e.g. two atoms of one element closer than `symprec`)."""
+    try:
+        return SpacegroupAnalyzer(
+            structure, symprec=symprec, angle_tolerance=angle_tolerance
+        ).get_space_group_number()
+    except ValueError:  # pymatgen's SymmetryUndeterminedError is a ValueError
+        return None
+
+
+@functools.cache
+def crystal_system(number: int) -> str:
+    """Crystal system ("triclinic" ... "cubic") of the space group with international number `number`."""
+    return SpaceGroup.from_int_number(number).crystal_system
+
+
+@dataclass
+class SymmetryOperations:
+    """The symmetry operations of one crystal in its own cell, with where each sends each atom.
+
+    Operation g maps fractional coordinates `x` to `W_g x + w_g`, and atom i onto atom `atom_map[g, i]` (of the
+    same species, up to a lattice translation).
+
+    Args:
+        rotations (`np.ndarray` of shape `(k, 3, 3)`, int): `W_g`, in the cell's fractional basis.
+        translations (`np.ndarray` of shape `(k, 3)`): `w_g`.
+        atom_map (`np.ndarray` of shape `(k, n_atoms)`, int): each row a permutation of the atoms.
+        space_group (`int`): International number of the group.
+    """
+
+    rotations: np.ndarray
+    translations: np.ndarray
+    atom_map: np.ndarray
+    space_group: int
+
+    @classmethod
+    def identity(cls, n_atoms: int) -> SymmetryOperations:
+        """Only the identity (the projection then changes nothing)."""
+        return cls(np.eye(3, dtype=int)[None], np.zeros((1, 3)), np.arange(n_atoms)[None], 1)
+
+
+def symmetry_operations(
+    structure: Structure, symprec: float, angle_tolerance: float = ANGLE_TOLERANCE
+) -> SymmetryOperations:
+    """The operations spglib finds on `structure`'s own cell at `symprec` (Å), and their atom maps.
+
+    spglib gives operations, not the atom map: atom i goes to the atom of its species nearest to its image. The
+    map is checked to be a permutation (how far the images lie is left to `symmetrize`, which bounds how far the
+    projection moves the atoms: spglib's own tolerance is not a bound on each image's distance).
+
+    Raises:
+        SymmetryError: spglib finds no group, or an operation's map is not such a permutation.
+    """
+    try:
+        dataset = SpacegroupAnalyzer(
+            structure, symprec=symprec, angle_tolerance=angle_tolerance
+        ).get_symmetry_dataset()
+    except ValueError as exc:
+        raise SymmetryError(f"spglib finds no space group at symprec {symprec}: {exc}") from exc
+    rotations = np.asarray(dataset.rotations, dtype=int)
+    translations = np.asarray(dataset.translations, dtype=float)
+    frac = structure.frac_coords
+    species = np.array([site.specie.Z for site in structure])
+    images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
+    delta = images[:, :, None, :] - frac[None, None, :, :]  # (k, n, n, 3): image of i minus atom j
+    delta -= np.round(delta)
+    distance = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
+    distance[:, species[:, None] != species[None, :]] = np.inf
+    atom_map = distance.argmin(axis=-1)
+    for g, row in enumerate(atom_map):
+        if len(set(row.tolist())) != len(row):
+            raise SymmetryError(
+                f"operation {g} of space group {dataset.number} at symprec {symprec} does not map the atoms onto "
+                "atoms of the same species one to one"
+            )
+    return SymmetryOperations(rotations, translations, atom_map, int(dataset.number))
+
+
+class SymmetryProjector:
+    """Projects a batch of crystals onto the structures that keep each crystal's operations.
+
+    Works on the refiner's flat layout: fractional coordinates `(N, 3)` of all crystals stacked in crystal order,
+    lattices `(B, 6)` in the unconstrained space of `hf_crystal.refiner.manifold` (log lengths, mapped angles).
+    Coordinates: `F_i <- F_i + mean_g d_ig` with `d_ig` the shortest torus displacement from `F_i` to
+    `W_g^-1 (F_pi_g(i) - w_g)`; lattice: metric `M = L L^T` (vectors as rows) `<- mean_g W_g^T M W_g`. Both are
+    projections (idempotent) and keep the operations; a crystal given None is left as it is.
+
+    Args:
+        operations (`Sequence[SymmetryOperations | None]`): One per crystal, in batch order.
+        num_atoms (`Sequence[int]`): Atoms of each crystal.
+    """
+
+    def __init__(self, operations: Sequence[SymmetryOperations | None], num_atoms: Sequence[int]):
+        if len(operations) != len(num_atoms):
+            raise ValueError(f"{len(operations)} operation sets for {len(num_atoms)} crystals")
+        offsets = np.concatenate([[0], np.cumsum(num_atoms)]).astype(int)
+        atom, source, inverse, shift, op_crystal, rotation = [], [], [], [], [], []
+        n_ops = np.ones(len(num_atoms))
+        for c, (ops, n) in enumerate(zip(operations, num_atoms, strict=True)):
+            if ops is None:
+                ops = SymmetryOperations.identity(n)
+            if ops.atom_map.shape[1] != n:
+                raise ValueError(
+                    f"crystal {c}: operations for {ops.atom_map.shape[1]} atoms, crystal has {n}"
+                )
+            k = len(ops.rotations)
+            n_ops[c] = k
+            inv = np.linalg.inv(ops.rotations).round()  # integer matrices of determinant +-1
+            atom.append(np.tile(np.arange(n), k) + offsets[c])
+            source.append(ops.atom_map.reshape(-1) + offsets[c])
+            inverse.append(np.repeat(inv, n, axis=0))
+            shift.append(np.repeat(ops.translations, n, axis=0))
+            op_crystal.append(np.full(k, c))
+            rotation.append(ops.rotations)
+        empty3 = np.zeros((0, 3, 3))
+        self._atom = torch.as_tensor(np.concatenate(atom or [[]]), dtype=torch.long)
+        self._source = torch.as_tensor(np.concatenate(source or [[]]), dtype=torch.long)
+        self._inverse = torch.as_tensor(np.concatenate(inverse or [empty3]), dtype=torch.float64)
+        self._shift = torch.as_tensor(np.concatenate(shift or [np.zeros((0, 3))]), dtype=torch.float64)
+        self._op_crystal = torch.as_tensor(np.concatenate(op_crystal or [[]]), dtype=torch.long)
+        self._rotation = torch.as_tensor(np.concatenate(rotation or [empty3]), dtype=torch.float64)
+        self._ops_per_crystal = torch.as_tensor(n_ops, dtype=torch.float64)
+        self._ops_per_atom = torch.as_tensor(np.repeat(n_ops, num_atoms), dtype=torch.float64)
+
+    def project_coords(self, frac_coords: torch.Tensor) -> torch.Tensor:
+        """Fractional coordinates `(N, 3)` averaged over the operations, wrapped into [0, 1)."""
+        x = frac_coords.double()
+        dev = x.device
+        image = torch.einsum(
+            "rab,rb->ra", self._inverse.to(dev), x[self._source.to(dev)] - self._shift.to(dev)
+        )
+        # Shortest displacement from each atom to its image: torus_displacement(a, b) is b - a.
+        displacement = torus_displacement(x[self._atom.to(dev)], image)
+        total = torch.zeros_like(x).index_add_(0, self._atom.to(dev), displacement)
+        return wrap(x + total / self._ops_per_atom.to(dev)[:, None]).to(frac_coords.dtype)
+
+    def project_velocity(self, velocity: torch.Tensor) -> torch.Tensor:
+        """Coordinate velocities `(N, 3)` averaged over the operations, `v_i <- mean_g W_g^-1 v_pi_g(i)`.
+
+        Linear, so a step from a symmetric state along it stays exactly symmetric however long it is (the
+        projection of positions needs the images within half a cell of each atom to average them on the torus).
+        """
+        v = velocity.double()
+        dev = v.device
+        image = torch.einsum("rab,rb->ra", self._inverse.to(dev), v[self._source.to(dev)])
+        total = torch.zeros_like(v).index_add_(0, self._atom.to(dev), image)
+        return (total / self._ops_per_atom.to(dev)[:, None]).to(velocity.dtype)
+
+    def project_lattice(self, lattice: torch.Tensor) -> torch.Tensor:
+        """Unconstrained lattice parameters `(B, 6)` whose metric is averaged over the operations."""
+        dev = lattice.device
+        metric = _metric(unconstrained_to_lattice(lattice.double()))
+        w = self._rotation.to(dev)
+        transformed = w.transpose(1, 2) @ metric[self._op_crystal.to(dev)] @ w
+        metric = torch.zeros_like(metric).index_add_(0, self._op_crystal.to(dev), transformed)
+        metric = metric / self._ops_per_crystal.to(dev)[:, None, None]
+        return lattice_to_unconstrained(_parameters(metric)).to(lattice.dtype)
+
+    def __call__(self, frac_coords: torch.Tensor, lattice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both projections: (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`)."""
+        return self.project_coords(frac_coords), self.project_lattice(lattice)
+
+
+def _metric(params: torch.Tensor) -> torch.Tensor:
+    """Metric tensors `(B, 3, 3)` from lattice parameters `(B, 6)` (Å, degrees)."""
+    lengths, cosines = params[:, :3], torch.cos(torch.deg2rad(params[:, 3:]))
+    a, b, c = lengths.unbind(-1)
+    ca, cb, cg = cosines.unbind(-1)
+    rows = [
+        torch.stack([a * a, a * b * cg, a * c * cb], -1),
+        torch.stack([a * b * cg, b * b, b * c * ca], -1),
+        torch.stack([a * c * cb, b * c * ca, c * c], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
+def _parameters(metric: torch.Tensor) -> torch.Tensor:
+    """Lattice parameters `(B, 6)` (Å, degrees) of metric tensors `(B, 3, 3)`."""
+    lengths = metric.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
+    a, b, c = lengths.unbind(-1)
+    cosines = torch.stack(
+        [metric[:, 1, 2] / (b * c), metric[:, 0, 2] / (a * c), metric[:, 0, 1] / (a * b)], -1
+    )
+    return torch.cat([lengths, torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))], -1)
+
+
+def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, Lattice]:
+    """Projected fractional coordinates and lattice of `structure`."""
+    projector = SymmetryProjector([operations], [len(structure)])
+    coords = projector.project_coords(torch.as_tensor(structure.frac_coords, dtype=torch.float64))
+    params = torch.tensor([[*structure.lattice.abc, *structure.lattice.angles]], dtype=torch.float64)
+    w = torch.as_tensor(operations.rotations, dtype=torch.float64)
+    metric = (w.transpose(1, 2) @ _metric(params) @ w).mean(0, keepdim=True)
+    return coords.numpy(), Lattice.from_parameters(*_parameters(metric)[0].tolist())
+
+
+def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
+    """`structure` projected onto the structures that keep `operations`: same cell orientation up to the metric,
+    same atoms in the same order."""
+    coords, lattice = _project(structure, operations)
+    return Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
+
+
+@dataclass
+class Symmetrized:
+    """What `symmetrize` did to one structure.
+
+    Args:
+        structure (`Structure`): The projected structure (the input itself in the "plain" case).
+        operations (`SymmetryOperations | None`): The operations it keeps; None in the "plain" case.
+        case (`str`): One of `SYMMETRIZE_CASES`.
+    """
+
+    structure: Structure
+    operations: SymmetryOperations | None
+    case: str
+
+
+def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
+    if len(frac_coords) < 2:
+        return float("inf")
+    distances = lattice.get_all_distances(frac_coords, frac_coords)
+    return float(distances[np.triu_indices(len(frac_coords), 1)].min())
+
+
+def symmetrize(
+    structure: Structure, tolerance: float = 0.1, min_distance: float = MIN_DISTANCE
+) -> Symmetrized:
+    """Project `structure` once onto the structures keeping the operations spglib finds at `tolerance` (Å).
+
+    A tolerance fails when spglib finds no group or an operation's atom map is not a species-keeping
+    permutation, or when the projection moves an atom by more than the tolerance or brings two atoms closer than
+    `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
+    and if all fail the structure is returned as it is (case "plain").
+    """
+    before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
+    for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
+        try:
+            operations = symmetry_operations(structure, tol)
+        except SymmetryError:
+            continue
+        coords, lattice = _project(structure, operations)
+        delta = coords - structure.frac_coords
+        delta -= np.round(delta)
+        moved = np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0)
+        if moved > tol or _min_distance(lattice, coords) < before - 1e-6:
+            continue
+        projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
+        return Symmetrized(projected, operations, case)
+    return Symmetrized(structure, None, "plain")
+
+
+def _near_angle_bounds(structure: Structure) -> bool:
+    """Whether a lattice angle lies where the refiner's angle map clamps it (otherwise the flow's last projection
+    already made the structure exact)."""
+    angles = np.array(structure.lattice.angles)
+    margin = 2 * ANGLE_MARGIN
+    return bool(((angles < ANGLE_MIN + margin) | (angles > ANGLE_MAX - margin)).any())
+
+
+@dataclass
+class SymmetrizedBatch:
+    """`symmetrize_structures`' result: the structures, the projector of their operations, and the cases.
+
+    Args:
+        structures (`list[Structure]`): Projected structures, in input order.
+        projector (`SymmetryProjector`): Keeps each structure's operations (identity for "plain" ones).
+        cases (`list[str]`): How each structure ended (`SYMMETRIZE_CASES`).
+    """
+
+    structures: list[Structure]
+    projector: SymmetryProjector
+    cases: list[str]
+    operations: list[SymmetryOperations | None]
+
+    def project(self, structures: Sequence[Structure]) -> list[Structure]:
+        """Project each structure (e.g. the end of a flow over the batch, in the same cells) onto its operations.
+
+        The flow's lattice lives in an angle interval (`hf_crystal.refiner.manifold`): where a symmetric metric
+        needs an angle outside it, the state can only be nearly symmetric, and this last projection in
+        the metric makes it exact.
+        """
+        return [
+            s if ops is None else project_structure(s, ops)
+            for s, ops in zip(structures, self.operations, strict=True)
+        ]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of structures in each case, every case listed."""
+        counts = Counter(self.cases)
+        return {case: counts[case] for case in SYMMETRIZE_CASES}
+
+
+def symmetrize_structures(structures: Sequence[Structure], tolerance: float = 0.1) -> SymmetrizedBatch:
+    """`symmetrize` each structure, and a projector that keeps their operations along a flow over the batch."""
+    results = [symmetrize(s, tolerance) for s in structures]
+    return SymmetrizedBatch(
+        structures=[r.structure for r in results],
+        projector=SymmetryProjector([r.operations for r in results], [len(s) for s in structures]),
+        cases=[r.case for r in results],
+        operations=[r.operations for r in results],
+    )
