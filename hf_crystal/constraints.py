@@ -324,13 +324,39 @@ def _token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
     return [None if t in special or not x.startswith("0") else x[1:] for t, x in enumerate(texts)]
 
 
+def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's EOS id; ConstraintError when it has none (generation could never stop)."""
+    if tokenizer.eos_token_id is None:
+        raise ConstraintError(f"{type(tokenizer).__name__} has no EOS token: generation could never stop")
+    return tokenizer.eos_token_id
+
+
+def token_trie(texts: Sequence[str | None]) -> dict:
+    """Token texts (`_token_texts`) as a trie: each node maps a character to a child, and None to the ids of the
+    tokens that end there."""
+    trie: dict = {}
+    for token_id, text in enumerate(texts):
+        if text:
+            node = trie
+            for ch in text:
+                node = node.setdefault(ch, {})
+            node.setdefault(None, []).append(token_id)
+    return trie
+
+
+def per_tokenizer(cache: weakref.WeakKeyDictionary, tokenizer: PreTrainedTokenizerBase, build):
+    """`build(tokenizer)`, kept in `cache` per tokenizer (built again if tokens were added since)."""
+    cached = cache.get(tokenizer)
+    if cached is None or cached[0] != len(tokenizer):
+        cached = cache[tokenizer] = (len(tokenizer), build(tokenizer))
+    return cached[1]
+
+
 class _Vocabulary:
     """A tokenizer's vocabulary as a trie of token texts, with its automaton."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        if tokenizer.eos_token_id is None:
-            raise ConstraintError(f"{type(tokenizer).__name__} has no EOS token: generation could never stop")
-        self.eos = tokenizer.eos_token_id
+        self.eos = eos_token_id(tokenizer)
         texts = _token_texts(tokenizer)
         missing = sorted(set(_ALPHABET) - {t for t in texts if t is not None and len(t) == 1})
         if missing:
@@ -338,25 +364,15 @@ class _Vocabulary:
                 f"{type(tokenizer).__name__} cannot write crystal text: no single token for {missing} "
                 "(constrained decoding needs each digit, '.', ' ', '\\n' and each letter of the element symbols)"
             )
-        trie: dict = {}
-        for token_id, text in enumerate(texts):
-            if text:
-                node = trie
-                for ch in text:
-                    node = node.setdefault(ch, {})
-                node.setdefault(None, []).append(token_id)
-        self.automaton = _Automaton(trie)
+        self.automaton = _Automaton(token_trie(texts))
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
-    """The cached `_Vocabulary` of `tokenizer` (rebuilt if tokens were added since)."""
-    cached = _VOCABULARIES.get(tokenizer)
-    if cached is None or cached[0] != len(tokenizer):
-        cached = _VOCABULARIES[tokenizer] = (len(tokenizer), _Vocabulary(tokenizer))
-    return cached[1]
+    """The cached `_Vocabulary` of `tokenizer`."""
+    return per_tokenizer(_VOCABULARIES, tokenizer, _Vocabulary)
 
 
 class _Rows:

@@ -39,6 +39,9 @@ from hf_crystal.constraints import (
     _angle_range,
     _can_extend,
     _token_texts,
+    eos_token_id,
+    per_tokenizer,
+    token_trie,
 )
 from hf_crystal.text import ELEMENT_SYMBOLS
 from hf_crystal.text_wyckoff import _CENTERING_VECTORS, lattice_parameter_names
@@ -321,26 +324,15 @@ class _Vocabulary:
     """A tokenizer's vocabulary as a trie of token texts."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        if tokenizer.eos_token_id is None:
-            raise ConstraintError(f"{type(tokenizer).__name__} has no EOS token: generation could never stop")
-        self.eos = tokenizer.eos_token_id
-        self.trie: dict = {}
-        for token_id, text in enumerate(_token_texts(tokenizer)):
-            if text:
-                node = self.trie
-                for ch in text:
-                    node = node.setdefault(ch, {})
-                node.setdefault(None, []).append(token_id)
+        self.eos = eos_token_id(tokenizer)
+        self.trie = token_trie(_token_texts(tokenizer))
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
-    cached = _VOCABULARIES.get(tokenizer)
-    if cached is None or cached[0] != len(tokenizer):
-        cached = _VOCABULARIES[tokenizer] = (len(tokenizer), _Vocabulary(tokenizer))
-    return cached[1]
+    return per_tokenizer(_VOCABULARIES, tokenizer, _Vocabulary)
 
 
 class _Rule:

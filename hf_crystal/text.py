@@ -85,6 +85,13 @@ def encode(
         permute: shuffle the order of the sites ("xyz") or of the orbit lines ("wyckoff").
         seed: seed or numpy Generator for "random" translation and permutation.
     """
+    if not structure.is_ordered:
+        raise DisorderedStructureError(
+            f"{structure.composition.formula} has partial occupancies; the crystal text format holds one "
+            "element per site. Order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation."
+        )
+    if len(structure) == 0:
+        raise ValueError("cannot encode a structure without sites")
     if check_format(format) == "wyckoff":
         from hf_crystal import text_wyckoff
 
@@ -93,13 +100,6 @@ def encode(
                 f"the Wyckoff text fixes the origin: translate must be None or 'random', got {translate!r}"
             )
         return text_wyckoff.encode(structure, augment=translate is not None, permute=permute, seed=seed)
-    if not structure.is_ordered:
-        raise DisorderedStructureError(
-            f"{structure.composition.formula} has partial occupancies; the crystal text format holds one "
-            "element per site. Order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation."
-        )
-    if len(structure) == 0:
-        raise ValueError("cannot encode a structure without sites")
     rng = as_rng(seed)
     frac = structure.frac_coords
     if isinstance(translate, str):

@@ -35,7 +35,6 @@ from hf_crystal.crystal_format import WYCKOFF_SETTING
 from hf_crystal.text import (
     ELEMENT_SYMBOLS,
     CrystalParseError,
-    DisorderedStructureError,
     _lattice,
     as_rng,
 )
@@ -540,13 +539,6 @@ def encode(
     The standard cells of the last 32,768 structures are cached: drawing augmented texts of a structure
     again (every training epoch) skips spglib.
     """
-    if not structure.is_ordered:
-        raise DisorderedStructureError(
-            f"{structure.composition.formula} has partial occupancies; the crystal text format holds one "
-            "element per site. Order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation."
-        )
-    if len(structure) == 0:
-        raise ValueError("cannot encode a structure without sites")
     rng = as_rng(seed)
     for tolerance in (symprec, *(s for s in _FALLBACK_SYMPREC if s < symprec)):
         std = _cached_standardize(structure, tolerance)
