@@ -47,7 +47,7 @@ def _cell(value) -> str:
 
 def benchmark_table(metrics: dict, published: list[dict], *, label: str = "this run") -> str:
     """A Markdown table of ``metrics`` beside the published figures (one column per published model), with a
-    numbered note per published number saying where it comes from and under which protocol."""
+    numbered footnote per published number saying where it comes from and under which protocol."""
     models = list(dict.fromkeys(row["model"] for row in published))
     notes: list[str] = []
     cells: dict[tuple[str, str], str] = {}
@@ -55,7 +55,7 @@ def benchmark_table(metrics: dict, published: list[dict], *, label: str = "this 
         notes.append(
             f"{row['model']}, {row['metric']}: {row['paper']}; read in {row['source']}; {row['protocol']}."
         )
-        cells[row["model"], row["metric"]] = f"{_cell(row['value'])} [{len(notes)}]"
+        cells[row["model"], row["metric"]] = f"{_cell(row['value'])}[^{len(notes)}]"
     lines = [f"| metric | {label} | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
     for key, name in TABLE_METRICS:
         ours = metrics.get(key)
@@ -68,7 +68,7 @@ def benchmark_table(metrics: dict, published: list[dict], *, label: str = "this 
         lines.append(
             f"| {name} | {shown} | " + " | ".join(cells.get((model, key), "") for model in models) + " |"
         )
-    lines += ["", *(f"[{i}] {note}" for i, note in enumerate(notes, start=1))]
+    lines += ["", *(f"[^{i}]: {note}" for i, note in enumerate(notes, start=1))]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_crystal.commands import baseline, codec, dataset, evaluate, generate, hub, hull, mutate, refine, train
+from hf_crystal.commands import (
+    baseline,
+    benchmark,
+    codec,
+    dataset,
+    evaluate,
+    generate,
+    hub,
+    hull,
+    mutate,
+    refine,
+    train,
+)
 from hf_crystal.commands.errors import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -29,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_parser(commands)
     train.add_parser(commands)
     evaluate.add_parser(commands)
+    benchmark.add_parser(commands)
     hull.add_parser(commands)
     hub.add_parsers(commands)
     mutate.add_parser(commands)
