@@ -21,17 +21,22 @@ def _write(path, named):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """A tiny random model and reference / training CIF files of a few small structures."""
-    from hf_crystal.testing import save_tiny_llama
-
-    root = tmp_path_factory.mktemp("benchmark")
+def files(tmp_path_factory):
+    """Reference and training CIF files of a few small structures."""
+    root = tmp_path_factory.mktemp("structures")
     small = [(name.split(" ")[0], s) for name, s in structures().items() if len(s) <= 9]
     return {
-        "model": save_tiny_llama(root / "model"),
         "reference": _write(root / "reference.cif", small[:6]),
         "train": _write(root / "train.cif", small[3:]),
     }
+
+
+@pytest.fixture(scope="module")
+def inputs(files, tmp_path_factory):
+    """``files`` and a tiny random model."""
+    from hf_crystal.testing import save_tiny_llama
+
+    return files | {"model": save_tiny_llama(tmp_path_factory.mktemp("model") / "model")}
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +142,13 @@ def test_local_run_is_evaluate_on_the_same_samples_and_resumes_identically(
     assert all(_same(again[k], v) for k, v in metrics.items())
 
 
-def test_a_second_run_against_the_same_reference_computes_no_fingerprint(ray_instance, inputs, tmp_path):
+def test_a_second_run_against_the_same_reference_computes_no_fingerprint(ray_instance, files, tmp_path):
     from hf_crystal.benchmark.runner import fingerprint_stage
     from hf_crystal.benchmark.store import ShardStore, fingerprint_key, structures_digest
     from hf_crystal.data import read_structures
     from hf_crystal.evaluation.coverage import fingerprints
 
-    _, reference, _ = read_structures(inputs["reference"])
+    _, reference, _ = read_structures(files["reference"])
     store = ShardStore(tmp_path / fingerprint_key(structures_digest(reference), 2))
     flags, first = fingerprint_stage(
         reference, store, shard_size=2, validity=False, workers=2, progress=False
