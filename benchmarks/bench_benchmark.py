@@ -79,7 +79,7 @@ def main() -> None:
     print(
         f"structures: {source}; {len(fingerprinted)} fingerprinted, {len(to_relax)} relaxed; {os.cpu_count()} cores"
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

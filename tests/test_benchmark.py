@@ -43,7 +43,7 @@ def inputs(files, tmp_path_factory):
 def ray_instance(loopback_only):
     """One local Ray instance (2 CPUs) for the module; run_benchmark uses the running instance."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -140,6 +140,12 @@ def test_local_run_is_evaluate_on_the_same_samples_and_resumes_identically(
     for path in out.glob("*/*.json*"):
         assert (resumed / path.relative_to(out)).read_bytes() == path.read_bytes(), path
     assert all(_same(again[k], v) for k, v in metrics.items())
+
+    # A finished run, run again: nothing recomputed, the same numbers, and onto a model card.
+    card = _benchmark(inputs, out, tmp_path, "--card", str(inputs["model"]))
+    assert card == metrics
+    readme = (inputs["model"] / "README.md").read_text()
+    assert "cov_recall" in readme and "8 samples generated" in readme and "| seed |" not in readme
 
 
 def test_a_second_run_against_the_same_reference_computes_no_fingerprint(ray_instance, files, tmp_path):

@@ -153,7 +153,8 @@ def ray_session(address: str | None = None, workers: int | None = None):
         if address:
             ray.init(address=address, **options)
         else:
-            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **options)
+            # "local": always a new instance, never one a `ray start` on this machine left behind.
+            ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, **options)
     try:
         yield workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:

@@ -165,7 +165,16 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if args.card:
         from hf_crystal.hub import update_card
 
+        from hf_crystal.benchmark.runner import BENCHMARK_METRICS
+
+        metrics = result.metrics
+        card_metrics = {  # the protocol and the run's settings are context, not measurements
+            "metrics": {k: v for k, v in metrics.items() if k not in BENCHMARK_METRICS},
+            "n_samples": metrics["n_generated"],
+            "hull": metrics.get("hull"),
+            "note": f"{metrics['protocol']}; reference {args.reference} ({metrics['n_reference']} structures)",
+        }
         source = f"hf-crystal benchmark --model {args.model} --reference {args.reference} --num {args.num}"
-        update_card(args.card, result.metrics, push=not Path(args.card).is_dir(), source=source)
+        update_card(args.card, card_metrics, push=not Path(args.card).is_dir(), source=source)
         print(f"benchmark results written to the card of {args.card}", file=sys.stderr)
     return 0
