@@ -163,9 +163,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.card:
-        from hf_crystal.hub import update_card
-
         from hf_crystal.benchmark.runner import BENCHMARK_METRICS
+        from hf_crystal.hub import update_card
 
         metrics = result.metrics
         card_metrics = {  # the protocol and the run's settings are context, not measurements
