@@ -48,12 +48,15 @@ def load_structures(path: Path, n: int) -> tuple[list[Structure], str]:
 
 def rattled(structures: list[Structure], amount: float, seed: int) -> list[Structure]:
     rng = np.random.default_rng(seed)
-    out = []
-    for s in structures:
-        s = s.copy()
-        s.translate_sites(range(len(s)), rng.normal(0, amount, (len(s), 3)), frac_coords=False)
-        out.append(s)
-    return out
+    return [
+        Structure(
+            s.lattice,
+            s.species,
+            s.cart_coords + rng.normal(0, amount, (len(s), 3)),
+            coords_are_cartesian=True,
+        )
+        for s in structures
+    ]
 
 
 def main() -> None:
