@@ -78,9 +78,10 @@ def benchmark_markdown(metrics: dict, timings: dict[str, float], published: list
         "# Benchmark",
         "",
         f"Model: `{metrics.get('benchmark_model')}`, refiner: `{metrics.get('benchmark_refiner')}`, seed "
-        f"{metrics.get('seed')}. Protocol: {metrics.get('protocol')}; {metrics.get('n_reference')} reference "
-        f"structures, {metrics.get('n_train')} training structures; {metrics.get('n_unreadable')} unreadable "
-        "samples counted as invalid.",
+        f"{metrics.get('seed')}. Protocol: {metrics.get('protocol')}; reference: {metrics.get('benchmark_reference')} "
+        f"({metrics.get('n_reference')} structures; the published rows use MP-20's 9,046-structure test split), "
+        f"{metrics.get('n_train')} training structures; {metrics.get('n_unreadable')} unreadable samples counted as "
+        "invalid.",
         "",
         f"Stability refers to: {metrics.get('hull', 'n/a (no relaxation)')}.",
         "",
