@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch that lies on this machine's disk; a bare "torch" may pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[eval,dev,app]'
+	$(BIN)/pip install --quiet -e '.[eval,dev,app,benchmark]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -14,6 +14,7 @@ import sys
 from hf_crystal.commands import (
     app,
     baseline,
+    benchmark,
     codec,
     dataset,
     evaluate,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_parser(commands)
     train.add_parser(commands)
     evaluate.add_parser(commands)
+    benchmark.add_parser(commands)
     hull.add_parser(commands)
     hub.add_parsers(commands)
     mutate.add_parser(commands)

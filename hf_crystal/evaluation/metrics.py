@@ -6,6 +6,11 @@
 ``distributions`` what the report's plots show. ``hf_crystal.evaluation.report.write_report`` turns a
 result into files.
 
+``compute_metrics`` runs its stages in order (validity, coverage, distributions, uniqueness and novelty,
+relaxation and stability); each stage's arithmetic is a public function of precomputed per-sample results
+(``validity_metrics``, ``coverage_metrics``, ``uniqueness_novelty_metrics``, ``stability_metrics``,
+``evaluation_result``), which ``hf_crystal.benchmark`` calls on results computed on a Ray cluster.
+
 The only thing written while computing is the relaxation cache of the ``BatchedRelaxer`` (its
 ``cache_dir``; the default relaxer uses ``~/.cache/hf_crystal/relax``): one file per structure as soon as
 it is relaxed, hull references included. An interrupted evaluation therefore loses no relaxation: run it
@@ -39,7 +44,18 @@ __all__ = [
     "SAMPLE_COLUMNS",
     "Distributions",
     "EvaluationResult",
+    "Hull",
+    "StabilityResult",
     "compute_metrics",
+    "coverage_metrics",
+    "coverage_settings",
+    "evaluation_result",
+    "relax_indices",
+    "resolve_hull",
+    "sample_rows",
+    "stability_metrics",
+    "uniqueness_novelty_metrics",
+    "validity_metrics",
     "wilson_interval",
 ]
 
@@ -218,64 +234,170 @@ def compute_metrics(
     n_total = len(samples) + n_unreadable
     metrics: dict = {"n_samples": len(samples), "n_unreadable": n_unreadable}
     metrics |= {"n_reference": len(reference), "n_train": len(train)}
-    rows = [
-        {"id": i, "formula": s.composition.reduced_formula, "n_atoms": len(s)}
-        for i, s in zip(ids, samples, strict=True)
-    ]
-    valid, validity = _validity(samples, rows, n_total=n_total, progress=progress)
+    rows = sample_rows(ids, samples)
+    with warnings.catch_warnings():  # pymatgen warns about elements without some property data
+        warnings.simplefilter("ignore")
+        flags = [validity_flags(s) for s in tqdm(samples, desc="validity", disable=not progress)]
+    valid, validity = validity_metrics(samples, rows, flags, n_total=n_total)
     metrics |= validity
-    if coverage_scaler not in cov.SCALERS or coverage_dataset not in cov.COV_CUTOFFS:
-        raise ValueError(
-            f"coverage_scaler must be one of {cov.SCALERS} and coverage_dataset one of {list(cov.COV_CUTOFFS)}"
-        )
-    cutoffs = coverage_cutoffs or cov.COV_CUTOFFS[coverage_dataset]
-    metrics["coverage_settings"] = (
-        f"cutoffs {cutoffs[0]} / {cutoffs[1]}"
-        + ("" if coverage_cutoffs else f" (CDVAE, {coverage_dataset})")
-        + f"; Magpie scaler: {'CDVAE MP-20' if coverage_scaler == 'cdvae' else 'fitted on the reference'}"
-    )
-    scaler = cov.cdvae_scaler() if coverage_scaler == "cdvae" else None
-    metrics |= _coverage(
-        samples, reference, n_total=n_total, cutoffs=cutoffs, scaler=scaler, progress=progress
-    )
+    settings, cutoffs, scaler = coverage_settings(coverage_dataset, coverage_cutoffs, coverage_scaler)
+    metrics |= settings
+    if samples and reference:
+        gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
+        ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
+        metrics |= coverage_metrics(gen, ref, n_total=n_total, cutoffs=cutoffs, scaler=scaler)
+    else:
+        metrics |= {"cov_recall": float("nan"), "cov_precision": float("nan")}
     metrics |= distribution_distances(valid, reference)
-    metrics |= _uniqueness_novelty(samples, train, rows, progress=progress)
+    matcher = default_matcher()
+    unique = unique_flags(samples, matcher, progress=progress)
+    novel = novel_flags(samples, train, matcher, progress=progress)
+    metrics |= uniqueness_novelty_metrics(rows, unique, novel if train else None)
     reference_groups = None
     if symmetry:
-        found, groups, reference_groups = symmetry_metrics(samples, reference, progress=progress)
+        found, reference_groups = sample_symmetry(samples, reference, rows, progress=progress)
         metrics |= found
-        for row, g, g_fine in zip(rows, groups[0.1], groups[0.01], strict=True):
-            row |= {"space_group": g, "space_group_sp0.01": g_fine}
     relaxed: list[tuple[str, Structure]] | None = None
     if relax:
-        hull = _hull(
+        hull = resolve_hull(
             hull_entries,
             hull_structures=hull_structures or reference,
             samples=samples,
             relaxer=relaxer,
             progress=progress,
         )
-        stability = _stability(
-            samples, rows, hull=hull, n_total=n_total, relax_invalid=relax_invalid, progress=progress
+        todo = relax_indices(rows, relax_invalid=relax_invalid)
+        results = hull.relaxer.relax([samples[i] for i in todo], progress=progress, desc="relax samples")
+        stability = stability_metrics(
+            samples, rows, todo, results, hull=hull, n_total=n_total, progress=progress
         )
         metrics |= stability.metrics
         relaxed = stability.relaxed
         if symmetry:
-            found, groups, _ = symmetry_metrics(
-                [structure for _, structure in relaxed],
-                reference,
-                prefix="relaxed_",
-                reference_groups=reference_groups,
-                progress=progress,
-            )
-            metrics |= found
-            by_id = dict(zip([name for name, _ in relaxed], groups[0.1], strict=True))
-            for row in rows:
-                row["relaxed_space_group"] = by_id.get(row["id"])
+            metrics |= relaxed_symmetry(relaxed, reference, rows, reference_groups, progress=progress)
     if conditions is not None:
         metrics |= _conditions(
             samples, rows, list(conditions), list(unreadable_conditions), relaxed=relax, progress=progress
         )
+    return evaluation_result(metrics, rows, samples, valid, reference, relaxed)
+
+
+def sample_symmetry(samples, reference, rows, *, progress: bool = True) -> tuple[dict, dict]:
+    """Symmetry metrics of the samples (``hf_crystal.evaluation.symmetry``); fills ``space_group`` and
+    ``space_group_sp0.01`` of ``rows``. Returns the metrics and the reference's space groups per symprec."""
+    found, groups, reference_groups = symmetry_metrics(samples, reference, progress=progress)
+    for row, g, g_fine in zip(rows, groups[0.1], groups[0.01], strict=True):
+        row |= {"space_group": g, "space_group_sp0.01": g_fine}
+    return found, reference_groups
+
+
+def relaxed_symmetry(relaxed, reference, rows, reference_groups, *, progress: bool = True) -> dict:
+    """Symmetry metrics (``relaxed_`` keys) of the relaxed (id, structure) pairs; fills ``relaxed_space_group``."""
+    found, groups, _ = symmetry_metrics(
+        [structure for _, structure in relaxed],
+        reference,
+        prefix="relaxed_",
+        reference_groups=reference_groups,
+        progress=progress,
+    )
+    by_id = dict(zip([name for name, _ in relaxed], groups[0.1], strict=True))
+    for row in rows:
+        row["relaxed_space_group"] = by_id.get(row["id"])
+    return found
+
+
+# The stages of ``compute_metrics`` on precomputed per-sample results, so that a distributed run
+# (``hf_crystal.benchmark``) computes the flags, fingerprints and relaxations where it likes and gets the
+# same numbers from the same code.
+
+
+def sample_rows(ids: Sequence[str], samples: Sequence[Structure]) -> list[dict]:
+    """The per-sample rows ``compute_metrics`` fills, one per readable sample."""
+    return [
+        {"id": i, "formula": s.composition.reduced_formula, "n_atoms": len(s)}
+        for i, s in zip(ids, samples, strict=True)
+    ]
+
+
+def validity_metrics(
+    samples: Sequence[Structure], rows: list[dict], flags: Sequence[dict], *, n_total: int
+) -> tuple[list[Structure], dict]:
+    """Fills the validity, n_elements and density of ``rows`` from ``validity.validity_flags`` results.
+
+    Args:
+        flags (`Sequence[dict]`): ``validity_flags`` of each sample, in order.
+        n_total (`int`): the denominator of the rates: readable and unreadable samples.
+
+    Returns:
+        The valid samples and the rates with their Wilson intervals.
+    """
+    for row, f, s, d in zip(rows, flags, samples, densities(samples), strict=True):
+        row |= f | {"n_elements": len(s.composition.elements), "density": d}
+    rates = {}
+    for key in ("struct_valid", "comp_valid", "valid"):
+        rates |= _rate_with_ci(key, sum(f[key] for f in flags), n_total)
+    return [s for s, f in zip(samples, flags, strict=True) if f["valid"]], rates
+
+
+def coverage_settings(
+    dataset: str = "mp20", cutoffs: tuple[float, float] | None = None, scaler: str = "cdvae"
+) -> tuple[dict, tuple[float, float], tuple[np.ndarray, np.ndarray] | None]:
+    """(the ``coverage_settings`` metric, the cutoffs, the Magpie scaler) for ``compute_metrics``' coverage
+    options; ValueError for an unknown dataset or scaler."""
+    if scaler not in cov.SCALERS or dataset not in cov.COV_CUTOFFS:
+        raise ValueError(
+            f"coverage_scaler must be one of {cov.SCALERS} and coverage_dataset one of {list(cov.COV_CUTOFFS)}"
+        )
+    used = cutoffs or cov.COV_CUTOFFS[dataset]
+    text = (
+        f"cutoffs {used[0]} / {used[1]}"
+        + ("" if cutoffs else f" (CDVAE, {dataset})")
+        + f"; Magpie scaler: {'CDVAE MP-20' if scaler == 'cdvae' else 'fitted on the reference'}"
+    )
+    return {"coverage_settings": text}, used, cov.cdvae_scaler() if scaler == "cdvae" else None
+
+
+def coverage_metrics(gen: tuple, ref: tuple, *, n_total: int, cutoffs, scaler) -> dict:
+    """COV-R / COV-P with Wilson intervals, mean distances and failure counts from the
+    ``coverage.fingerprints`` (structure, composition, ok) of the samples (``gen``) and the reference."""
+    out = cov.coverage(gen[0], gen[1], ref[0], ref[1], *cutoffs, n_generated=n_total, comp_scaler=scaler)
+    for key, n in (("cov_recall", len(ref[0])), ("cov_precision", n_total)):  # the rates with their intervals
+        out |= _rate_with_ci(key, round(out[key] * n), n)
+    return out | {
+        "fingerprint_failed_samples": int((~gen[2]).sum()),
+        "fingerprint_failed_reference": int((~ref[2]).sum()),
+    }
+
+
+def uniqueness_novelty_metrics(
+    rows: list[dict], unique: Sequence[bool], novel: Sequence[bool] | None
+) -> dict:
+    """Fills ``unique`` and ``novel`` of ``rows`` from ``novelty.unique_flags`` / ``novel_flags`` (``novel``
+    None without a training set); returns the rates."""
+    for row, u, n in zip(rows, unique, novel if novel is not None else [None] * len(rows), strict=True):
+        row |= {"unique": u, "novel": n}
+    rates = _rate_with_ci("unique_rate", sum(unique), len(rows))
+    return rates | (
+        _rate_with_ci("novel_rate", sum(novel), len(rows))
+        if novel is not None
+        else {"novel_rate": float("nan"), "novel_rate_ci95": None}
+    )
+
+
+def relax_indices(rows: list[dict], *, relax_invalid: bool = False) -> list[int]:
+    """Indices of the samples ``compute_metrics`` relaxes: the structurally valid ones, or all."""
+    return [i for i, row in enumerate(rows) if relax_invalid or row["struct_valid"]]
+
+
+def evaluation_result(
+    metrics: dict,
+    rows: list[dict],
+    samples: Sequence[Structure],
+    valid: Sequence[Structure],
+    reference: Sequence[Structure],
+    relaxed: list[tuple[str, Structure]] | None,
+) -> EvaluationResult:
+    """The ``EvaluationResult`` of filled rows and metrics (values made JSON-ready)."""
     return EvaluationResult(
         metrics={k: _plain(v) for k, v in metrics.items()},
         rows=[{k: _plain(row.get(k)) for k in SAMPLE_COLUMNS} for row in rows],
@@ -311,53 +433,8 @@ def _plain(value):
     return value
 
 
-def _validity(samples, rows, *, n_total: int, progress: bool) -> tuple[list[Structure], dict]:
-    """Fills the validity, n_elements and density of ``rows``; returns the valid samples and the rates."""
-    with warnings.catch_warnings():  # pymatgen warns about elements without some property data
-        warnings.simplefilter("ignore")
-        flags = [validity_flags(s) for s in tqdm(samples, desc="validity", disable=not progress)]
-    for row, f, s, d in zip(rows, flags, samples, densities(samples), strict=True):
-        row |= f | {"n_elements": len(s.composition.elements), "density": d}
-    rates = {}
-    for key in ("struct_valid", "comp_valid", "valid"):
-        rates |= _rate_with_ci(key, sum(f[key] for f in flags), n_total)
-    return [s for s, f in zip(samples, flags, strict=True) if f["valid"]], rates
-
-
-def _coverage(samples, reference, *, n_total: int, cutoffs, scaler, progress: bool) -> dict:
-    if not samples or not reference:
-        return {"cov_recall": float("nan"), "cov_precision": float("nan")}
-    gen = cov.fingerprints(samples, progress=progress, desc="fingerprints: samples")
-    ref = cov.fingerprints(reference, progress=progress, desc="fingerprints: reference")
-    out = cov.coverage(gen[0], gen[1], ref[0], ref[1], *cutoffs, n_generated=n_total, comp_scaler=scaler)
-    for key, n in (
-        ("cov_recall", len(reference)),
-        ("cov_precision", n_total),
-    ):  # the rates with their intervals
-        out |= _rate_with_ci(key, round(out[key] * n), n)
-    return out | {
-        "fingerprint_failed_samples": int((~gen[2]).sum()),
-        "fingerprint_failed_reference": int((~ref[2]).sum()),
-    }
-
-
-def _uniqueness_novelty(samples, train, rows, *, progress: bool) -> dict:
-    """Fills ``unique`` and ``novel`` (None without a training set) of ``rows``; returns the rates."""
-    matcher = default_matcher()
-    unique = unique_flags(samples, matcher, progress=progress)
-    novel = novel_flags(samples, train, matcher, progress=progress)
-    for row, u, n in zip(rows, unique, novel, strict=True):
-        row |= {"unique": u, "novel": n if train else None}
-    rates = _rate_with_ci("unique_rate", sum(unique), len(samples))
-    return rates | (
-        _rate_with_ci("novel_rate", sum(novel), len(samples))
-        if train
-        else {"novel_rate": float("nan"), "novel_rate_ci95": None}
-    )
-
-
 @dataclass
-class _Hull:
+class Hull:
     """The hull the stability numbers refer to, the relaxer that relaxes the samples, and hull counts."""
 
     reference: object  # stability.HullReference
@@ -365,7 +442,9 @@ class _Hull:
     summary: dict = field(default_factory=dict)
 
 
-def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) -> _Hull:
+def resolve_hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool = True) -> Hull:
+    """The ``Hull`` of ``compute_metrics``' ``hull_entries`` option (a default CHGNet relaxer when ``relaxer`` is
+    None); a self-consistent hull is built here, relaxing ``hull_structures`` and the elements."""
     from hf_crystal.cache import cache_dir
     from hf_crystal.evaluation.hull_build import default_hull
     from hf_crystal.evaluation.relax import BatchedRelaxer
@@ -373,14 +452,14 @@ def _hull(hull_entries, *, hull_structures, samples, relaxer, progress: bool) ->
 
     relaxer = relaxer or BatchedRelaxer(cache_dir=cache_dir("relax"))
     if hull_entries is None:
-        return _Hull(shipped_hull(), relaxer)
+        return Hull(shipped_hull(), relaxer)
     if not isinstance(hull_entries, str | Path):
-        return _Hull(HullReference(hull_entries, f"user-supplied entries ({len(hull_entries)})"), relaxer)
+        return Hull(HullReference(hull_entries, f"user-supplied entries ({len(hull_entries)})"), relaxer)
     if str(hull_entries) != SELF_CONSISTENT:
-        return _Hull(load_hull(hull_entries), relaxer)
+        return Hull(load_hull(hull_entries), relaxer)
     sample_elements = {el.symbol for s in samples for el in s.composition.elements}
     reference, summary = default_hull(hull_structures, sample_elements, relaxer, progress=progress)
-    return _Hull(reference, relaxer, {k: v for k, v in summary.items() if k != "hull_skipped_examples"})
+    return Hull(reference, relaxer, {k: v for k, v in summary.items() if k != "hull_skipped_examples"})
 
 
 # Condition metrics that only a relaxation can measure.
@@ -389,20 +468,21 @@ _NOT_RELAXED = "not relaxed: structurally invalid (relax_invalid=True / --relax-
 
 
 @dataclass
-class _Stability:
+class StabilityResult:
+    """The stability metrics and the (sample id, relaxed structure) pairs of the relaxed samples."""
+
     metrics: dict
     relaxed: list[tuple[str, Structure]]
 
 
-def _stability(
-    samples, rows, *, hull: _Hull, n_total: int, relax_invalid: bool, progress: bool
-) -> _Stability:
-    """Relaxes the samples (structurally valid ones only unless ``relax_invalid``), fills the stability and
-    distance-to-relaxed keys of ``rows``; samples left unrelaxed count as not stable."""
+def stability_metrics(
+    samples, rows, todo: Sequence[int], results, *, hull: Hull, n_total: int, progress: bool = True
+) -> StabilityResult:
+    """Fills the stability and distance-to-relaxed keys of ``rows`` from the relaxations ``results``
+    (``relax.RelaxResult``) of the samples ``todo`` (``relax_indices``); samples left unrelaxed count as not
+    stable. ``n_total``: the denominator of the all-sample rates (readable and unreadable samples)."""
     from hf_crystal.evaluation.stability import HullError, corrected_entries, stability_flags
 
-    todo = [i for i, row in enumerate(rows) if relax_invalid or row["struct_valid"]]
-    results = hull.relaxer.relax([samples[i] for i in todo], progress=progress, desc="relax samples")
     entries = corrected_entries([r.structure for r in results], [r.energy for r in results])
     for row, s in zip(rows, samples, strict=True):
         row |= {"relax_error": _NOT_RELAXED, "metastable": False, "stable": False, "sun": False}
@@ -433,10 +513,10 @@ def _stability(
             row |= _distance_to_relaxed(matcher, s, r.structure)
             row["relaxed_structure"] = r.structure  # for a space-group condition; not a column
             relaxed.append((row["id"], r.structure))
-    return _Stability(_stability_metrics(rows, results, n_total=n_total, hull=hull), relaxed)
+    return StabilityResult(_stability_metrics(rows, results, n_total=n_total, hull=hull), relaxed)
 
 
-def _stability_metrics(rows, results, *, n_total: int, hull: _Hull) -> dict:
+def _stability_metrics(rows, results, *, n_total: int, hull: Hull) -> dict:
     n_relaxed = len(results)
     ok = [r for r in results if r.error is None]
     e_hulls = np.array([row.get("e_hull", np.nan) for row in rows], dtype=float)
