@@ -13,14 +13,8 @@ import sys
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_options
 from hf_crystal.embedded import DEFAULT_MODEL
-from hf_crystal.evaluation.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FMAX,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_OPTIMIZER,
-    OPTIMIZERS,
-)
 
 __all__ = ["add_parser"]
 
@@ -84,15 +78,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gen.add_argument("--max-sites", type=int)
     gen.add_argument("--refine-steps", type=int)
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
-    rel = p.add_argument_group("relaxation")
-    rel.add_argument(
-        "--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})"
-    )
-    rel.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help=f"({DEFAULT_MAX_STEPS})")
-    rel.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
-    rel.add_argument(
-        "--relax-batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures relaxed together"
-    )
+    # Relaxation runs on Ray actors (one torch thread each), cached in hf-crystal's relaxation cache.
+    add_relax_arguments(p.add_argument_group("relaxation"), batch_flag="--relax-batch-size", in_process=False)
     p.add_argument(
         "--card",
         metavar="MODEL",
@@ -141,12 +128,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         shard_size=args.shard_size,
         generation=generation,
-        relaxer={
-            "optimizer": args.optimizer,
-            "fmax": args.fmax,
-            "max_steps": args.max_steps,
-            "batch_size": args.relax_batch_size,
-        },
+        relaxer=relaxer_options(args),
         hull=args.hull,
     )
     reference = _structures(args.reference, "reference")

@@ -16,12 +16,13 @@ from hf_crystal.evaluation.defaults import (
     OPTIMIZERS,
 )
 
-__all__ = ["add_relax_arguments", "relaxer_from_args", "set_threads"]
+__all__ = ["add_relax_arguments", "relaxer_from_args", "relaxer_options", "set_threads"]
 
 
-def add_relax_arguments(parser: argparse.ArgumentParser, *, batch_flag: str = "--batch-size") -> None:
-    """Add CHGNet relaxation flags (--fmax, --max-steps, --optimizer, --relax-symmetry, the batch size,
-    --cache-dir, --threads)."""
+def add_relax_arguments(parser, *, batch_flag: str = "--batch-size", in_process: bool = True) -> None:
+    """Add CHGNet relaxation flags to a parser or argument group (--fmax, --max-steps, --optimizer,
+    --relax-symmetry, the batch size) and, for a relaxation in this process (`in_process`), --cache-dir and
+    --threads."""
     parser.add_argument(
         "--fmax", type=float, default=DEFAULT_FMAX, help=f"force threshold eV/Å ({DEFAULT_FMAX})"
     )
@@ -42,10 +43,11 @@ def add_relax_arguments(parser: argparse.ArgumentParser, *, batch_flag: str = "-
         default=DEFAULT_BATCH_SIZE,
         help=f"structures relaxed together ({DEFAULT_BATCH_SIZE})",
     )
-    parser.add_argument(
-        "--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)"
-    )
-    parser.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
+    if in_process:
+        parser.add_argument(
+            "--cache-dir", type=Path, help="relaxation cache (default: ~/.cache/hf_crystal/relax)"
+        )
+        parser.add_argument("--threads", type=int, help="torch threads for CHGNet (default: torch's choice)")
 
 
 def set_threads(args: argparse.Namespace) -> None:
@@ -56,18 +58,24 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def relaxer_options(args: argparse.Namespace) -> dict:
+    """The `BatchedRelaxer` keyword arguments the flags of `add_relax_arguments` describe (no cache folder); the
+    symmetry options only when --relax-symmetry is given."""
+    options = {
+        "optimizer": args.optimizer,
+        "fmax": args.fmax,
+        "max_steps": args.max_steps,
+        "batch_size": args.relax_batch_size,
+    }
+    if args.relax_symmetry is not None:
+        options |= {"fix_symmetry": True, "symprec": args.relax_symmetry}
+    return options
+
+
 def relaxer_from_args(args: argparse.Namespace):
     """The `BatchedRelaxer` the flags of `add_relax_arguments` describe (cached in `cache_dir("relax")` by
     default)."""
     from hf_crystal.cache import cache_dir
     from hf_crystal.evaluation.relax import BatchedRelaxer
 
-    return BatchedRelaxer(
-        optimizer=args.optimizer,
-        fmax=args.fmax,
-        max_steps=args.max_steps,
-        batch_size=args.relax_batch_size,
-        cache_dir=args.cache_dir or cache_dir("relax"),
-        fix_symmetry=args.relax_symmetry is not None,
-        symprec=args.relax_symmetry or 0.1,
-    )
+    return BatchedRelaxer(**relaxer_options(args), cache_dir=args.cache_dir or cache_dir("relax"))
