@@ -169,6 +169,25 @@ def test_a_second_run_against_the_same_reference_computes_no_fingerprint(ray_ins
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_given_samples_file_gets_the_numbers_of_evaluate(ray_instance, files, tmp_path):
+    """`--samples` runs the protocol on any model's samples: the same numbers as `evaluate` on that file."""
+    argv = ["--reference", str(files["reference"]), "--train", str(files["train"])]
+    assert (
+        main(["evaluate", str(files["train"]), *argv, "--no-relax", "--out", str(tmp_path / "evaluate")]) == 0
+    )
+    expected = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    out = tmp_path / "run"
+    argv += ["--samples", str(files["train"]), "--relax", "0", "--shard-size", "2", "--out", str(out)]
+    assert main(["benchmark", *argv, "--cache-dir", str(tmp_path / "fingerprints")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["benchmark_samples"] == str(files["train"]) and metrics["benchmark_model"] is None
+    assert metrics["n_generated"] == expected["n_samples"] and not (out / "samples.jsonl").exists()
+    for key, value in expected.items():
+        assert _same(metrics[key], value), key
+    recorded = json.loads((out / "benchmark.json").read_text())
+    assert "model" not in recorded and len(recorded["samples_digest"]) == 64
+
+
 def test_published_figures_name_their_source_and_protocol():
     from hf_crystal.benchmark.published import TABLE_METRICS, benchmark_table, published_figures
     from hf_crystal.evaluation.metrics import METRICS
@@ -217,3 +236,6 @@ def test_benchmark_usage_errors_are_one_line(tmp_path, capsys):
         main(["benchmark", "--reference", str(tmp_path / "missing.cif"), "--out", str(tmp_path / "o")]) == 2
     )
     assert "reference not found" in capsys.readouterr().err
+    argv = ["benchmark", "--reference", "x.cif", "--samples", "s.jsonl", "--num", "5", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--num only apply when generating" in capsys.readouterr().err

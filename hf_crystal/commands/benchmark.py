@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hf_crystal.commands.errors import UsageError
+from hf_crystal.commands.refine import add_symmetry_options, symmetry_tolerance
 from hf_crystal.commands.relax_options import add_relax_arguments, relaxer_options
 from hf_crystal.embedded import DEFAULT_MODEL
 
@@ -31,8 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Resumable: every finished shard is kept in --out; rerun the same command to continue."
         ),
     )
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model or adapter, folder or Hub id (default {DEFAULT_MODEL})"
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"model or adapter, folder or Hub id (default {DEFAULT_MODEL})")
+    source.add_argument(
+        "--samples",
+        help="evaluate this samples file (any format evaluate reads, e.g. `hf-crystal refine` output) instead of "
+        "generating: the protocol for any model's samples",
     )
     p.add_argument("--refiner", help="refiner folder or Hub id (default: the model's own, if it has one)")
     p.add_argument("--no-refiner", action="store_true", help="evaluate the LLM's own structures")
@@ -44,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="what the reference is, stated beside the published figures (default: the --reference path)",
     )
     p.add_argument("--train", help="training structures for novelty (without: novelty and S.U.N. are n/a)")
-    p.add_argument("--num", type=int, default=10_000, help="samples to generate and evaluate (default 10000)")
+    p.add_argument("--num", type=int, help="samples to generate and evaluate (default 10000)")
     p.add_argument(
         "--relax", type=int, default=1_000, help="relax the first N samples for stability (default 1000)"
     )
@@ -71,13 +76,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="pymatgen entries JSON(.gz) of the hull (default: the shipped MP-20 hull)",
     )
     gen = p.add_argument_group("generation")
-    gen.add_argument("--batch-size", type=int, default=64, help="samples per generate call (default 64)")
+    gen.add_argument("--batch-size", type=int, help="samples per generate call (default 64)")
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--max-new-tokens", type=int)
     gen.add_argument("--max-sites", type=int)
     gen.add_argument("--refine-steps", type=int)
     gen.add_argument("--no-constrain", action="store_true", help="turn constrained decoding off")
+    add_symmetry_options(gen)
     # Relaxation runs on Ray actors (one torch thread each), cached in hf-crystal's relaxation cache.
     add_relax_arguments(p.add_argument_group("relaxation"), batch_flag="--relax-batch-size", in_process=False)
     p.add_argument(
@@ -87,6 +93,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_benchmark_command)
     return p
+
+
+# Flags that only apply when the benchmark generates (refused with --samples).
+_GENERATION_FLAGS = (
+    "num",
+    "refiner",
+    "no_refiner",
+    "batch_size",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "max_sites",
+    "refine_steps",
+    "no_constrain",
+    "symmetry_tolerance",
+    "no_symmetry",
+)
 
 
 def _structures(path: str, what: str) -> list:
@@ -109,20 +132,33 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("hf-crystal benchmark runs on Ray: pip install 'hf-crystal[benchmark]'") from None
     from hf_crystal.benchmark.published import benchmark_table, published_figures
-    from hf_crystal.benchmark.runner import BenchmarkSettings, run_benchmark
+    from hf_crystal.benchmark.runner import NUM_SAMPLES, BenchmarkSettings, run_benchmark
 
     if args.no_refiner and args.refiner:
         raise UsageError("give --refiner or --no-refiner, not both")
+    if args.samples:
+        generating = [
+            f"--{k.replace('_', '-')}" for k in _GENERATION_FLAGS if getattr(args, k) not in (None, False)
+        ]
+        if generating:
+            raise UsageError(
+                f"--samples evaluates a file: {', '.join(generating)} only apply when generating"
+            )
+        if not Path(args.samples).is_file():
+            raise FileNotFoundError(f"samples file not found: {args.samples}")
     if args.hull and not Path(args.hull).exists():
         raise FileNotFoundError(f"hull entries file not found: {args.hull}")
-    generation = {"batch_size": args.batch_size, "constrain": not args.no_constrain}
+    generation = {"batch_size": args.batch_size or 64, "constrain": not args.no_constrain}
     for key in ("temperature", "top_p", "max_new_tokens", "max_sites", "refine_steps"):
         if getattr(args, key) is not None:
             generation[key] = getattr(args, key)
+    if not args.no_refiner:  # recorded: a rerun with another tolerance must not mix refinements
+        generation["symmetry_tolerance"] = symmetry_tolerance(args)
     settings = BenchmarkSettings(
-        model=args.model,
-        refiner=None if args.no_refiner else (args.refiner or "auto"),
-        num=args.num,
+        model=None if args.samples else (args.model or DEFAULT_MODEL),
+        refiner=None if args.no_refiner or args.samples else (args.refiner or "auto"),
+        num=args.num or NUM_SAMPLES,
+        samples=args.samples,
         relax=args.relax,
         wdist_samples=args.wdist_samples,
         seed=args.seed,
@@ -161,7 +197,10 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
             "note": f"{metrics['protocol']}; reference {metrics['benchmark_reference']} ({metrics['n_reference']} "
             "structures)",
         }
-        source = f"hf-crystal benchmark --model {args.model} --reference {args.reference} --num {args.num}"
+        what = (
+            f"--samples {args.samples}" if args.samples else f"--model {settings.model} --num {settings.num}"
+        )
+        source = f"hf-crystal benchmark {what} --reference {args.reference}"
         update_card(args.card, card_metrics, push=not Path(args.card).is_dir(), source=source)
         print(f"benchmark results written to the card of {args.card}", file=sys.stderr)
     return 0
