@@ -21,6 +21,7 @@ __all__ = [
     "TAGS",
     "MetricsFormatError",
     "card_with_metrics",
+    "card_with_section",
     "read_metrics",
     "render_dataset_card",
     "render_model_card",
@@ -236,9 +237,6 @@ def render_model_card(
     )
 
 
-_EVAL_START, _EVAL_END = "<!-- hf-crystal:evaluation -->", "<!-- /hf-crystal:evaluation -->"
-
-
 def card_with_metrics(
     card: ModelCard,
     metrics: str | Path | Mapping[str, Any],
@@ -262,7 +260,6 @@ def card_with_metrics(
     facts = [f"{context['n_samples']} samples" if "n_samples" in context else "", source]
     facts += [f"hull: {context['hull']}" if "hull" in context else "", context.get("note", "")]
     lines = [
-        _EVAL_START,
         "## Evaluation results",
         "",
         f"Measured on {results[0].dataset_name} ({'; '.join(f for f in facts if f)}):",
@@ -270,13 +267,19 @@ def card_with_metrics(
         "| metric | value |",
         "|---|---|",
         *(f"| {r.metric_name} | {r.metric_value:.4g} |" for r in results),
-        _EVAL_END,
     ]
-    section = "\n".join(lines)
+    return card_with_section(card, "evaluation", "\n".join(lines))
+
+
+def card_with_section(card: ModelCard, name: str, markdown: str) -> ModelCard:
+    """`card` with `markdown` as its section `name`, between `<!-- hf-crystal:name -->` markers: a rerun replaces
+    the section, a new one goes at the end."""
+    start, end = f"<!-- hf-crystal:{name} -->", f"<!-- /hf-crystal:{name} -->"
+    section = f"{start}\n{markdown.strip()}\n{end}"
     text = card.text
-    if _EVAL_START in text and _EVAL_END in text:
-        head, rest = text.split(_EVAL_START, 1)
-        text = head + section + rest.split(_EVAL_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     return ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
-from hf_crystal.cards import card_with_metrics, render_model_card
+from hf_crystal.cards import card_with_metrics, card_with_section, render_model_card
 from hf_crystal.hub_access import snapshot
 
 __all__ = [
@@ -122,6 +122,12 @@ def pull(repo_id: str, *, repo_type: str = "model", revision: str | None = None)
     return snapshot(repo_id, repo_type=repo_type, revision=revision)
 
 
+def _with_sections(card: ModelCard, sections: Mapping[str, str] | None) -> ModelCard:
+    for name, markdown in (sections or {}).items():
+        card = card_with_section(card, name, markdown)
+    return card
+
+
 def update_card(
     folder_or_repo_id: str | Path,
     metrics: str | Path | Mapping[str, Any],
@@ -129,9 +135,11 @@ def update_card(
     dataset_id: str | None = None,
     push: bool = False,
     source: str = "",
+    sections: Mapping[str, str] | None = None,
 ) -> ModelCard:
     """Put `metrics` on the card of a local model folder (README.md rewritten) or of a Hub model repo.
 
+    `sections` (name -> Markdown) are written too, each replacing its earlier version (`card_with_section`).
     A Hub repo's card is uploaded back only with `push=True` (one commit). Returns the updated card.
     """
     folder = Path(folder_or_repo_id)
@@ -141,12 +149,15 @@ def update_card(
         if kind == "dataset":
             raise HubFolderError(f"{folder} is a dataset: evaluation results go on a model's card")
         card = ModelCard.load(readme) if readme.exists() else render_model_card(kind, repo_id=folder.name)
-        card = card_with_metrics(card, metrics, dataset_id=dataset_id, source=source)
+        card = _with_sections(
+            card_with_metrics(card, metrics, dataset_id=dataset_id, source=source), sections
+        )
         card.save(readme)
         return card
     card = card_with_metrics(
         ModelCard.load(str(folder_or_repo_id)), metrics, dataset_id=dataset_id, source=source
     )
+    card = _with_sections(card, sections)
     if push:
         card.push_to_hub(str(folder_or_repo_id), commit_message="Evaluation results from hf-crystal")
     return card

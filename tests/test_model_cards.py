@@ -102,3 +102,16 @@ def test_bad_inputs(tmp_path):
         read_metrics(tmp_path / "bad.json")
     with pytest.raises(MetricsFormatError):
         read_metrics(tmp_path / "missing.json")
+
+
+def test_a_named_section_is_replaced_not_repeated_and_metrics_keep_their_own():
+    from hf_crystal.cards import card_with_metrics, card_with_section
+
+    card = render_model_card("llm", repo_id="m")
+    card = card_with_section(card_with_metrics(card, {"cov_recall": 0.5}), "benchmark", "## Benchmark\n\nold")
+    card = card_with_section(card, "benchmark", "## Benchmark\n\nnew")
+    card = card_with_metrics(card, {"cov_recall": 0.7})
+    text = str(card)
+    assert text.count("## Benchmark") == 1 and "new" in text and "old" not in text
+    assert text.count("## Evaluation results") == 1 and "| cov_recall | 0.7 |" in text
+    assert ModelCard(text).data.eval_results[0].metric_value == 0.7

@@ -131,7 +131,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         raise UsageError("hf-crystal benchmark runs on Ray: pip install 'hf-crystal[benchmark]'") from None
-    from hf_crystal.benchmark.published import benchmark_table, published_figures
+    from hf_crystal.benchmark.published import benchmark_markdown, benchmark_table, published_figures
     from hf_crystal.benchmark.runner import NUM_SAMPLES, BenchmarkSettings, run_benchmark
 
     if args.no_refiner and args.refiner:
@@ -201,6 +201,16 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
             f"--samples {args.samples}" if args.samples else f"--model {settings.model} --num {settings.num}"
         )
         source = f"hf-crystal benchmark {what} --reference {args.reference}"
-        update_card(args.card, card_metrics, push=not Path(args.card).is_dir(), source=source)
+        section = benchmark_markdown(
+            metrics, result.timings, published_figures(), title="## Benchmark: the published protocol"
+        )
+        section = section.replace("\n\n", f"\n\nCommand: `{source}`\n\n", 1)
+        update_card(
+            args.card,
+            card_metrics,
+            push=not Path(args.card).is_dir(),
+            source=source,
+            sections={"benchmark": section},
+        )
         print(f"benchmark results written to the card of {args.card}", file=sys.stderr)
     return 0
