@@ -107,7 +107,7 @@ def test_bad_inputs(tmp_path):
 def test_a_named_section_is_replaced_not_repeated_and_metrics_keep_their_own():
     from hf_crystal.cards import card_with_metrics, card_with_section
 
-    card = render_model_card("llm", repo_id="m")
+    card = render_model_card("base", repo_id="m")
     card = card_with_section(card_with_metrics(card, {"cov_recall": 0.5}), "benchmark", "## Benchmark\n\nold")
     card = card_with_section(card, "benchmark", "## Benchmark\n\nnew")
     card = card_with_metrics(card, {"cov_recall": 0.7})
