@@ -7,6 +7,7 @@ Stages, in order, each resumable shard by shard (``store.ShardStore``):
    samples of any model, e.g. LLM samples refined by ``hf-crystal refine``);
 2. ``features``: tasks over shards of the readable samples: validity flags and fingerprints;
    ``reference``: the reference's fingerprints, tasks over its shards, cached by content (``store``);
+   ``symmetry``: the samples' space groups (the reference's are cached with its fingerprints);
 3. ``unique`` (tasks over groups of same-formula samples) and ``novel`` (tasks over sample shards, each with
    the training structures of its formulas);
 4. ``relax``: actors running ``BatchedRelaxer`` on the structurally valid samples among the first ``relax``.
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import spglib
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
@@ -57,6 +59,7 @@ __all__ = [
     "relax_stage",
     "run_benchmark",
     "shard_seed",
+    "symmetry_stage",
 ]
 
 # FlowMM (Miller et al. 2024), scripts_model/evaluate.py: `generate --num_samples` defaults to 10_000.
@@ -299,6 +302,34 @@ def fingerprint_stage(
     return flags, _fingerprints(values)
 
 
+def symmetry_stage(
+    structures: Sequence[Structure],
+    store: ShardStore,
+    *,
+    stage: str = "symmetry",
+    shard_size: int = 64,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[float, list[int | None]]:
+    """Space groups of ``structures`` at each of the symmetry metrics' symprecs, computed as Ray tasks over shards
+    (``workers.space_groups``) whose results ``store`` keeps under ``stage``."""
+    from hf_crystal.evaluation.symmetry import SYMPRECS
+
+    shards = _chunks(len(structures), shard_size)
+    calls = [(k, lambda r=r: ([structures[i] for i in r], SYMPRECS)) for k, r in enumerate(shards)]
+    _run_tasks(
+        remote.space_groups,
+        calls,
+        store,
+        stage,
+        workers=workers,
+        progress=progress,
+        desc=f"space groups ({stage})",
+    )
+    values = [store.read(stage, k) for k in range(len(shards))]
+    return {p: [g for v in values for g in v[f"{p:g}"]] for p in SYMPRECS}
+
+
 def relax_stage(
     structures: Sequence[Structure],
     store: ShardStore,
@@ -503,6 +534,11 @@ def run_benchmark(
         options = {"shard_size": settings.shard_size, "workers": n, "progress": progress}
         flags, gen = fingerprint_stage(samples, store, stage="features", **options)
         _, ref = fingerprint_stage(reference, ref_store, stage="reference", validity=False, **options)
+        groups = symmetry_stage(samples, store, **options)
+        # Cached beside the reference's fingerprints; the stage name carries the spglib version.
+        reference_groups = symmetry_stage(
+            reference, ref_store, stage=f"space_groups-spglib{spglib.__version__}", **options
+        )
         unique = _uniqueness(samples, store, **options)
         novel = _novelty(samples, train, store, **options) if train else None
         if given:  # the file's first `relax` readable samples
@@ -537,7 +573,9 @@ def run_benchmark(
         picked = [valid[i] for i in sorted(rng.choice(len(valid), settings.wdist_samples, replace=False))]
     metrics |= distribution_distances(picked, reference)
     metrics |= m.uniqueness_novelty_metrics(rows, unique, novel)
-    found, reference_groups = m.sample_symmetry(samples, reference, rows, progress=progress)
+    found, reference_groups = m.sample_symmetry(
+        samples, reference, rows, progress=progress, groups=groups, reference_groups=reference_groups
+    )
     metrics |= found
     n_subset = subset if given else min(settings.relax, settings.num)
     relaxed = None

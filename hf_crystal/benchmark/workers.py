@@ -94,3 +94,15 @@ def uniqueness(shard: int, groups: Sequence[Sequence[Structure]]) -> tuple[int, 
     from hf_crystal.evaluation.novelty import unique_flags
 
     return shard, [unique_flags(list(group)) for group in groups]
+
+
+def space_groups(
+    shard: int, structures: Sequence[Structure], symprecs: Sequence[float]
+) -> tuple[int, dict[str, list[int | None]]]:
+    """Space-group number of each structure at each symprec (``symmetry.space_groups``; None: undetermined)."""
+    _one_thread()
+    from hf_crystal.evaluation.symmetry import space_groups as groups
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return shard, {f"{p:g}": groups(list(structures), p) for p in symprecs}

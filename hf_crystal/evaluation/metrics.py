@@ -282,10 +282,15 @@ def compute_metrics(
     return evaluation_result(metrics, rows, samples, valid, reference, relaxed)
 
 
-def sample_symmetry(samples, reference, rows, *, progress: bool = True) -> tuple[dict, dict]:
+def sample_symmetry(
+    samples, reference, rows, *, progress: bool = True, groups=None, reference_groups=None
+) -> tuple[dict, dict]:
     """Symmetry metrics of the samples (``hf_crystal.evaluation.symmetry``); fills ``space_group`` and
-    ``space_group_sp0.01`` of ``rows``. Returns the metrics and the reference's space groups per symprec."""
-    found, groups, reference_groups = symmetry_metrics(samples, reference, progress=progress)
+    ``space_group_sp0.01`` of ``rows``. ``groups`` / ``reference_groups``: space groups per symprec computed
+    elsewhere (e.g. on Ray). Returns the metrics and the reference's space groups per symprec."""
+    found, groups, reference_groups = symmetry_metrics(
+        samples, reference, progress=progress, groups=groups, reference_groups=reference_groups
+    )
     for row, g, g_fine in zip(rows, groups[0.1], groups[0.01], strict=True):
         row |= {"space_group": g, "space_group_sp0.01": g_fine}
     return found, reference_groups

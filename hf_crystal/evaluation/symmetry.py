@@ -146,25 +146,28 @@ def symmetry_metrics(
     prefix: str = "",
     reference_groups: dict[float, list[int | None]] | None = None,
     progress: bool = False,
+    groups: dict[float, list[int | None]] | None = None,
 ) -> tuple[dict, dict[float, list[int | None]], dict[float, list[int | None]]]:
     """`SYMMETRY_METRICS` of `structures` against `reference` at each symprec, keys `{prefix}{key}_sp{symprec}`.
 
     Args:
         reference_groups: the reference's groups per symprec, if already computed (e.g. for a second set).
+        groups: the structures' groups per symprec, if already computed (e.g. on Ray by `hf_crystal.benchmark`).
 
     Returns:
         (metrics, the structures' space groups per symprec, the reference's space groups per symprec).
     """
     reference_groups = dict(reference_groups or {})
-    metrics, found = {}, {}
+    metrics, found = {}, dict(groups or {})
     for symprec in symprecs:
         if symprec not in reference_groups:
             reference_groups[symprec] = space_groups(
                 reference, symprec, progress, desc=f"space groups: reference (symprec {symprec:g})"
             )
-        found[symprec] = space_groups(
-            structures, symprec, progress, desc=f"space groups: {prefix}samples (symprec {symprec:g})"
-        )
+        if symprec not in found:
+            found[symprec] = space_groups(
+                structures, symprec, progress, desc=f"space groups: {prefix}samples (symprec {symprec:g})"
+            )
         metrics |= {
             prefix + k: v
             for k, v in group_metrics(found[symprec], reference_groups[symprec], symprec).items()
