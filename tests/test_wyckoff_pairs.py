@@ -145,7 +145,7 @@ def test_wyckoff_pairs_are_counted_cached_and_resume(wyckoff_llm, tmp_path, monk
     crystals = [rocksalt(), _perovskite(), Structure(Lattice.cubic(4.1), ["Cs", "Cl"], [[0] * 3, [0.5] * 3])]
     ids = ["nacl", "srtio3", "cscl"]
     monkeypatch.setattr(pairs_module, "SHARD_SIZE", 2)
-    settings = PairSettings(batch_size=4)
+    settings = PairSettings(batch_size=4, attempts=2)
     first = build_pairs(pipe, ids, crystals, tmp_path, settings, model_name=str(wyckoff_llm))
     assert len(first) == 3 and all(first["x1_roundtrip"]) and first["error"] == [None] * 3
     # Constrained decoding writes each x1's formula and group; rock salt and CsCl have one way of doing it.
@@ -157,6 +157,7 @@ def test_wyckoff_pairs_are_counted_cached_and_resume(wyckoff_llm, tmp_path, monk
     for row in first:
         x0, x1 = (Structure.from_str(row[k], fmt="json") for k in ("x0", "x1"))
         assert x0.species == x1.species  # paired site by site
+        assert row["attempt"] == 0 or (row["attempt"] == 1 and row["matched"] == "orbits")  # the first usable
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     (folder / "pairs-00001.jsonl").unlink()  # as if interrupted during the second shard
     again = build_pairs(pipe, ids, crystals, tmp_path, settings, model_name=str(wyckoff_llm))
@@ -186,6 +187,8 @@ def test_training_with_the_projection_keeps_a_symmetric_x0_symmetric(wyckoff_llm
         "0.02",
         "--num_threads",
         "1",
+        "--limit",
+        "5",
         *TINY,
     ]
     main(argv)

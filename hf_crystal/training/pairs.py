@@ -94,6 +94,8 @@ class PairSettings:
     top_p: float = TOP_P
     seed: int = 0
     batch_size: int = 64
+    #: Wyckoff-text LLM: samples drawn per structure, the first whose orbits are x1's kept (1: FlowLLM's one).
+    attempts: int = 1
 
 
 def _weights_digest(model: str) -> str:
@@ -126,7 +128,8 @@ def pairs_cache_key(
         "revision": revision,
         "weights": _weights_digest(model),
         "data": data.hexdigest(),
-        "settings": asdict(settings),
+        # One attempt (the default) leaves the key as it was before `attempts` existed: old caches stay valid.
+        "settings": {k: v for k, v in asdict(settings).items() if k != "attempts" or v != 1},
     }
     if crystal_format != "xyz":  # keys of xyz pairs stay those of the caches written before the Wyckoff text
         key["crystal_format"] = crystal_format

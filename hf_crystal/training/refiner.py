@@ -130,6 +130,13 @@ class RefinerArguments(DataArguments):
             "and both coordinate velocities with its operations)"
         },
     )
+    wyckoff_attempts: int = field(
+        default=1,
+        metadata={
+            "help": "Wyckoff-text LLM: samples drawn per structure for its pair, the first with x1's Wyckoff "
+            "orbits kept (else the first)"
+        },
+    )
     wyckoff_fallback: bool = field(
         default=False,
         metadata={
@@ -155,8 +162,8 @@ class RefinerArguments(DataArguments):
             raise TrainingConfigError(f"base must be one of {BASES}, got {self.base!r}")
         if self.base == "llm" and not self.llm:
             raise TrainingConfigError("--base llm needs --llm: the model or adapter whose samples are x0")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise TrainingConfigError("max_steps and batch_size must be positive")
+        if self.max_steps < 1 or self.batch_size < 1 or self.wyckoff_attempts < 1:
+            raise TrainingConfigError("max_steps, batch_size and wyckoff_attempts must be positive")
         if self.base_noise_std < 0 or (self.inference_noise_std or 0) < 0:
             raise TrainingConfigError("base_noise_std and inference_noise_std must be >= 0")
 
@@ -226,7 +233,9 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
 
         model, tokenizer = load_crystal_model(args.llm, revision=args.llm_revision)
         pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
-        settings = PairSettings(args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size)
+        settings = PairSettings(
+            args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size, args.wyckoff_attempts
+        )
         cache = Path(args.pairs_cache_dir or cache_dir("refiner_pairs"))
         pairs = build_pairs(
             pipe, ids, structures, cache, settings, model_name=args.llm, revision=args.llm_revision

@@ -80,6 +80,7 @@ WYCKOFF_FEATURES = Features(
         ),  # `pairs.py`'s pairing of the same two crystals: Niggli cells, by element
         "cost_assigned": Value("float64"),  # this pair's transport cost (`pairs.transport_cost`)
         "seconds": Value("float64"),  # pairing time (the LLM's share of the batch not included)
+        "attempt": Value("int32"),  # which of the LLM's samples for x1 was kept (0: the first)
     }
 )
 # x1 angles (degrees) kept this far inside the refiner's interval in the pair's cell.
@@ -354,6 +355,7 @@ def wyckoff_pair_rows(pipe, ids, structures, settings, shard: int) -> list[dict]
     groups = (
         pipe(
             conditions,
+            num_return_sequences=settings.attempts,
             batch_size=settings.batch_size,
             temperature=settings.temperature,
             top_p=settings.top_p,
@@ -364,6 +366,13 @@ def wyckoff_pair_rows(pipe, ids, structures, settings, shard: int) -> list[dict]
         if asked
         else []
     )
-    for k, (sample,) in zip(asked, groups, strict=True):
-        rows[k] = wyckoff_pair(ids[k], targets[k], sample["text"], structures[k])
+    for k, samples in zip(asked, groups, strict=True):
+        tried = []
+        for attempt, sample in enumerate(samples):
+            tried.append(
+                {**wyckoff_pair(ids[k], targets[k], sample["text"], structures[k]), "attempt": attempt}
+            )
+            if tried[-1]["matched"] == "orbits":
+                break
+        rows[k] = next((row for row in tried if row["matched"] == "orbits"), tried[0])
     return rows
