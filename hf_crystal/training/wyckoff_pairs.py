@@ -79,7 +79,7 @@ WYCKOFF_FEATURES = Features(
             "float64"
         ),  # `pairs.py`'s pairing of the same two crystals: Niggli cells, by element
         "cost_assigned": Value("float64"),  # this pair's transport cost (`pairs.transport_cost`)
-        "seconds": Value("float64"),  # pairing time (the LLM's share of the batch not included)
+        "seconds": Value("float64"),  # pairing time of all samples tried (the LLM's time not included)
         "attempt": Value("int32"),  # which of the LLM's samples for x1 was kept (0: the first)
     }
 )
@@ -374,5 +374,8 @@ def wyckoff_pair_rows(pipe, ids, structures, settings, shard: int) -> list[dict]
             )
             if tried[-1]["matched"] == "orbits":
                 break
-        rows[k] = next((row for row in tried if row["matched"] == "orbits"), tried[0])
+        kept = next((row for row in tried if row["matched"] == "orbits"), tried[0])
+        if kept["seconds"] is not None:  # the pairing time of every sample tried
+            kept["seconds"] = sum(row["seconds"] or 0.0 for row in tried)
+        rows[k] = kept
     return rows
