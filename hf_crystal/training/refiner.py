@@ -281,6 +281,11 @@ def _wyckoff_pairs(pairs, args: RefinerArguments, info: dict) -> tuple:
         )
         info["mean transport cost, orbit pairing"] = round(float(np.mean(orbits["cost_assigned"])), 5)
     usable = pairs.filter(lambda row: row["matched"] in kinds)
+    if not len(usable):
+        raise TrainingConfigError(
+            f"none of the LLM's {len(pairs)} samples has its x1's Wyckoff orbits: draw more per structure "
+            "(--wyckoff_attempts) or train on the others too (--wyckoff_fallback)"
+        )
     if not args.symmetry_projection:
         return usable, None
     rows = zip(usable["matched"], usable["spacegroup"], usable["cell"], strict=True)
