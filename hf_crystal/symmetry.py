@@ -39,6 +39,7 @@ __all__ = [
     "SymmetryOperations",
     "SymmetryProjector",
     "crystal_system",
+    "operations_in_cell",
     "project_structure",
     "space_group",
     "symmetrize",
@@ -122,8 +123,20 @@ def symmetry_operations(
         ).get_symmetry_dataset()
     except ValueError as exc:
         raise SymmetryError(f"spglib finds no space group at symprec {symprec}: {exc}") from exc
-    rotations = np.asarray(dataset.rotations, dtype=int)
-    translations = np.asarray(dataset.translations, dtype=float)
+    return operations_in_cell(structure, dataset.rotations, dataset.translations, int(dataset.number))
+
+
+def operations_in_cell(
+    structure: Structure, rotations: np.ndarray, translations: np.ndarray, number: int
+) -> SymmetryOperations:
+    """`SymmetryOperations` of given operations (in `structure`'s own cell, e.g. a space group's from its tables)
+    with the atom map each makes on `structure`: atom i goes to the atom of its species nearest to its image.
+
+    Raises:
+        SymmetryError: an operation's map is not a species-keeping permutation.
+    """
+    rotations = np.asarray(rotations, dtype=int)
+    translations = np.asarray(translations, dtype=float)
     frac = structure.frac_coords
     species = np.array([site.specie.Z for site in structure])
     images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
@@ -135,10 +148,10 @@ def symmetry_operations(
     for g, row in enumerate(atom_map):
         if len(set(row.tolist())) != len(row):
             raise SymmetryError(
-                f"operation {g} of space group {dataset.number} at symprec {symprec} does not map the atoms onto "
-                "atoms of the same species one to one"
+                f"operation {g} of space group {number} does not map the atoms onto atoms of the same species "
+                "one to one"
             )
-    return SymmetryOperations(rotations, translations, atom_map, int(dataset.number))
+    return SymmetryOperations(rotations, translations, atom_map, number)
 
 
 class SymmetryProjector:

@@ -48,9 +48,12 @@ __all__ = [
     "crystal_system",
     "decode",
     "encode",
+    "equivalent_origins",
     "lattice_parameter_names",
     "parse",
+    "primitive_basis",
     "space_group_table",
+    "standard_form",
 ]
 
 #: The 24 groups with two origin choices: written in choice 2 (spglib's default is choice 1).
@@ -281,6 +284,12 @@ def space_group_table(number: int) -> SpaceGroupTable:
     )
 
 
+def primitive_basis(number: int) -> np.ndarray:
+    """Rows: the primitive cell's vectors in units of the conventional ones (obverse for R), the cell
+    `WyckoffText.to_structure` returns for group `number`."""
+    return _PRIMITIVE[space_group_table(number).centering].copy()
+
+
 def _wrap(x: np.ndarray) -> np.ndarray:
     """Fractional differences into [-0.5, 0.5)."""
     return np.asarray(x) - np.round(x)
@@ -437,7 +446,7 @@ def _lines_for(
     positions: np.ndarray,
     rng: np.random.Generator | None,
 ) -> list[tuple[int, int, tuple[int, ...], str, str]]:
-    """Sort keys + text of every orbit line: (rank, free values in hundredths, Z, element, label).
+    """Sort keys + text of every orbit line: (rank, free values in hundredths, Z, element, label, exact values).
 
     The element comes last so that the order of the lines says nothing about a masked element (infill).
 
@@ -450,11 +459,12 @@ def _lines_for(
             raise _NotOnTables(f"an orbit left Wyckoff position {wp.label}")
         hundredths = np.mod(np.round(values * 100).astype(int), 100)
         if rng is None:
-            choice = min(map(tuple, hundredths.tolist()))
+            k = min(range(len(hundredths)), key=lambda i: tuple(hundredths[i].tolist()))
         else:
-            choice = tuple(hundredths[rng.integers(len(hundredths))].tolist())
+            k = int(rng.integers(len(hundredths)))
         symbol = symbols[members[0]]
-        lines.append((wp.rank, choice, _Z[symbol], symbol, wp.label))
+        # The unrounded values of the representative come last: only `standard_form` reads them.
+        lines.append((wp.rank, tuple(hundredths[k].tolist()), _Z[symbol], symbol, wp.label, tuple(values[k])))
     return sorted(lines)
 
 
@@ -470,7 +480,7 @@ def _text(number: int, lattice_line: str, lines, permute: np.random.Generator | 
     order = permute.permutation(len(lines)) if permute is not None else range(len(lines))
     body = []
     for i in order:
-        _, values, _, symbol, label = lines[i]
+        _, values, _, symbol, label, _ = lines[i]
         body.append(" ".join([symbol, label, *(f"0.{v:02d}" for v in values)]))
     return "\n".join([str(number), lattice_line, *body])
 
@@ -478,13 +488,7 @@ def _text(number: int, lattice_line: str, lines, permute: np.random.Generator | 
 def _write(std: _Standard, augment: bool, permute: bool, rng: np.random.Generator) -> str:
     table = space_group_table(std.number)
     lattice_line = _lattice_line(std.number, std.lattice)
-    metric = std.lattice @ std.lattice.T
-    # Origins (and axis settings) that keep both the group and this very lattice.
-    origins = [
-        (r, t)
-        for r, t in table.alternatives
-        if np.allclose(r.T @ metric @ r, metric, rtol=1e-5, atol=1e-5 * metric.max())
-    ]
+    origins = equivalent_origins(table, std.lattice)
     polar = list(table.polar_axes)
     if augment:
         r, t = origins[rng.integers(len(origins))]
@@ -493,6 +497,24 @@ def _write(std: _Standard, augment: bool, permute: bool, rng: np.random.Generato
         positions = np.mod(positions, 1.0)
         lines = _lines_for(_assign(table, std, positions), std.symbols, positions, rng)
         return _text(std.number, lattice_line, lines, rng if permute else None)
+    return _text(std.number, lattice_line, _canonical_lines(std, origins), rng if permute else None)
+
+
+def equivalent_origins(table: SpaceGroupTable, lattice: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The proper cosets (R, t) of the group in its Euclidean normalizer that also keep `lattice` (conventional
+    cell, vectors as rows): the origins and axis settings that describe one crystal equally well, identity first."""
+    metric = lattice @ lattice.T
+    return [
+        (r, t)
+        for r, t in table.alternatives
+        if np.allclose(r.T @ metric @ r, metric, rtol=1e-5, atol=1e-5 * metric.max())
+    ]
+
+
+def _canonical_lines(std: _Standard, origins: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple]:
+    """The orbit lines of the canonical text: the smallest over the origins and the polar anchors."""
+    table = space_group_table(std.number)
+    polar = list(table.polar_axes)
     best = None
     for r, t in origins:
         positions = np.mod(std.positions @ r.T + t, 1.0)
@@ -513,7 +535,7 @@ def _write(std: _Standard, augment: bool, permute: bool, rng: np.random.Generato
             lines = _lines_for(orbits, std.symbols, shifted, None)
             if best is None or lines < best:
                 best = lines
-    return _text(std.number, lattice_line, best, rng if permute else None)
+    return best
 
 
 def encode(
@@ -551,6 +573,37 @@ def encode(
     return _write(_as_p1(structure), augment, permute, rng)
 
 
+def standard_form(structure: Structure, symprec: float = SYMPREC) -> WyckoffText:
+    """The canonical Wyckoff description of `structure`, unrounded: what `parse(encode(structure))` holds, with
+    the exact lattice parameters and free coordinates instead of 1 and 2 decimals.
+
+    Its `to_structure()` is `decode(encode(structure))` without the rounding: the primitive cell of the same
+    setting, origin and representatives, exactly symmetric, the atoms in the same order. A refiner trained
+    toward it learns the structure, not the text's rounding. Same tolerances and fallbacks as `encode`.
+    """
+    for tolerance in (symprec, *(s for s in _FALLBACK_SYMPREC if s < symprec)):
+        std = _cached_standardize(structure, tolerance)
+        if std is None:
+            continue
+        try:
+            lines = _canonical_lines(std, equivalent_origins(space_group_table(std.number), std.lattice))
+        except _NotOnTables:
+            continue
+        break
+    else:
+        std = _as_p1(structure)
+        lines = _canonical_lines(std, equivalent_origins(space_group_table(1), std.lattice))
+    table = space_group_table(std.number)
+    lat = Lattice(std.lattice)
+    values = dict(zip(("a", "b", "c", "alpha", "beta", "gamma"), (*lat.abc, *lat.angles), strict=True))
+    abc, angles = _full_parameters(std.number, [values[k] for k in lattice_parameter_names(std.number)])
+    orbits = tuple(
+        WyckoffOrbit(symbol, table.by_letter[label[-1]], tuple(float(v) for v in exact))
+        for _, _, _, symbol, label, exact in lines
+    )
+    return WyckoffText(std.number, Lattice.from_parameters(*abc, *angles), orbits)
+
+
 # --------------------------------------------------------------------------------------------------- decode
 
 
@@ -575,6 +628,28 @@ class WyckoffText:
     def labels(self) -> list[str]:
         """The Wyckoff labels of the orbits, in text order."""
         return [orbit.position.label for orbit in self.orbits]
+
+    def transformed(self, rotation: np.ndarray, translation: np.ndarray) -> WyckoffText:
+        """The same crystal with every site moved by `x -> rotation @ x + translation` (conventional fractional
+        coordinates; e.g. a coset of the group's Euclidean normalizer, `SpaceGroupTable.alternatives`: another
+        origin of the same setting). Orbits are relabelled: a new origin can move an orbit to another position
+        (1a to 1b in Pm-3m). The lattice is kept, so `rotation` must keep its metric.
+
+        Raises:
+            ValueError: a moved orbit lies on no Wyckoff position of the group (the map is no normalizer element).
+        """
+        table = space_group_table(self.spacegroup)
+        orbits = []
+        for orbit in self.orbits:
+            points = np.mod(orbit.position.sites(orbit.values) @ np.asarray(rotation).T + translation, 1.0)
+            try:
+                position, values = _orbit_position(table, points)
+            except _NotOnTables as err:
+                raise ValueError(
+                    f"the map does not keep the Wyckoff positions of group {self.spacegroup}: {err}"
+                ) from None
+            orbits.append(WyckoffOrbit(orbit.element, position, tuple(float(v) for v in values[0])))
+        return WyckoffText(self.spacegroup, self.lattice, tuple(orbits))
 
     def to_structure(self) -> Structure:
         """The primitive cell, every site of every orbit kept (no merging), with site property "wyckoff" and

@@ -94,6 +94,8 @@ class PairSettings:
     top_p: float = TOP_P
     seed: int = 0
     batch_size: int = 64
+    #: Wyckoff-text LLM: samples drawn per structure, the first whose orbits are x1's kept (1: FlowLLM's one).
+    attempts: int = 1
 
 
 def _weights_digest(model: str) -> str:
@@ -115,8 +117,9 @@ def pairs_cache_key(
     ids: Sequence[str],
     structures: Sequence[Structure],
     settings: PairSettings,
+    crystal_format: str = "xyz",
 ) -> str:
-    """A short hash naming the cache folder of one (LLM, data, sampling settings) combination."""
+    """A short hash naming the cache folder of one (LLM, data, sampling settings, text format) combination."""
     data = hashlib.sha256()
     for material_id, structure in zip(ids, structures, strict=True):
         data.update(f"{material_id}:{structure.composition.formula}:{structure.volume:.4f}".encode())
@@ -125,8 +128,11 @@ def pairs_cache_key(
         "revision": revision,
         "weights": _weights_digest(model),
         "data": data.hexdigest(),
-        "settings": asdict(settings),
+        # One attempt (the default) leaves the key as it was before `attempts` existed: old caches stay valid.
+        "settings": {k: v for k, v in asdict(settings).items() if k != "attempts" or v != 1},
     }
+    if crystal_format != "xyz":  # keys of xyz pairs stay those of the caches written before the Wyckoff text
+        key["crystal_format"] = crystal_format
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,8 +189,19 @@ def build_pairs(
     cost_index (FlowLLM's index pairing, per element) and cost_assigned
     (the optimal assignment), both from `transport_cost`. `model_name` / `revision` name the LLM in the
     cache key. Shards go to `cache_dir/<key>/`; a rerun resumes at the first missing shard.
+
+    A Wyckoff-text LLM (`pipe.crystal_format`) writes x0 for x1's formula and space group, and its pairs
+    match atoms within Wyckoff orbits in one cell: `hf_crystal.training.wyckoff_pairs`, whose
+    `WYCKOFF_FEATURES` are the columns then.
     """
-    folder = Path(cache_dir) / pairs_cache_key(model_name, revision, ids, structures, settings)
+    crystal_format = getattr(pipe, "crystal_format", "xyz")
+    pair_rows, features = _pair_rows, FEATURES
+    if crystal_format == "wyckoff":
+        from hf_crystal.training.wyckoff_pairs import WYCKOFF_FEATURES, wyckoff_pair_rows
+
+        pair_rows, features = wyckoff_pair_rows, WYCKOFF_FEATURES
+    key = pairs_cache_key(model_name, revision, ids, structures, settings, crystal_format)
+    folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = (len(structures) + SHARD_SIZE - 1) // SHARD_SIZE
     paths = [folder / f"pairs-{k:05d}.jsonl" for k in range(n_shards)]
@@ -192,9 +209,9 @@ def build_pairs(
         for k, path in enumerate(paths):
             chunk = slice(k * SHARD_SIZE, (k + 1) * SHARD_SIZE)
             if not path.exists():
-                rows = _pair_rows(pipe, ids[chunk], structures[chunk], settings, k)
+                rows = pair_rows(pipe, ids[chunk], structures[chunk], settings, k)
                 partial = path.with_suffix(".partial")
                 partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
                 partial.rename(path)  # a shard exists whole or not at all
             bar.update(len(ids[chunk]))
-    return Dataset.from_json([str(p) for p in paths], features=FEATURES, cache_dir=str(folder / "arrow"))
+    return Dataset.from_json([str(p) for p in paths], features=features, cache_dir=str(folder / "arrow"))

@@ -1,7 +1,10 @@
 """Train the FlowLLM refiner (`hf_crystal.refiner`) with FlowMM's recipe: `hf-crystal train refiner`.
 
 x1 is a training structure; x0 is either a sample of a fine-tuned LLM prompted with x1's formula
-(`--base llm`, FlowLLM; pairs from `hf_crystal.training.pairs`, cached and resumable) or a draw of
+(`--base llm`, FlowLLM; pairs from `hf_crystal.training.pairs`, cached and resumable; a Wyckoff-text LLM is
+prompted with x1's formula and space group, its atoms paired within Wyckoff orbits in one cell,
+`hf_crystal.training.wyckoff_pairs`, and the flow then keeps x1's group: the base noise, the interpolant and both
+coordinate velocities are projected with `hf_crystal.symmetry.SymmetryProjector`) or a draw of
 FlowMM's uniform base (`--base uniform`: uniform torus coordinates, log-normal lattice lengths fitted
 on the training set, uniform angles; the ablation). Each step draws a batch of pairs and a time t per
 crystal, and fits the model's velocities to the conditional flow-matching targets with FlowMM's
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +47,9 @@ from hf_crystal.refiner import (
     flow_matching_loss,
     interpolate,
 )
+from hf_crystal.refiner.scheduling_crystal_flow import FlowTarget
 from hf_crystal.sampling import TEMPERATURE, TOP_P
+from hf_crystal.symmetry import SymmetryError, SymmetryOperations, SymmetryProjector
 from hf_crystal.training.common import (
     CHECKPOINT_SUBDIR,
     DataArguments,
@@ -117,6 +123,27 @@ class RefinerArguments(DataArguments):
         default=None,
         metadata={"help": "base noise saved in the scheduler for inference (default: --base_noise_std)"},
     )
+    symmetry_projection: bool = field(
+        default=True,
+        metadata={
+            "help": "Wyckoff-text LLM: keep x1's space group in training (project the base noise, the interpolant "
+            "and both coordinate velocities with its operations)"
+        },
+    )
+    wyckoff_attempts: int = field(
+        default=1,
+        metadata={
+            "help": "Wyckoff-text LLM: samples drawn per structure for its pair, the first with x1's Wyckoff "
+            "orbits kept (else the first)"
+        },
+    )
+    wyckoff_fallback: bool = field(
+        default=False,
+        metadata={
+            "help": "Wyckoff-text LLM: also train on pairs whose Wyckoff orbits differ from x1's (atoms matched "
+            "by element in the shared cell, no projection)"
+        },
+    )
     anti_annealing_slope: float = field(default=0.0, metadata={"help": "saved in the scheduler (inference)"})
     anti_annealing_offset: float = 0.0
     logging_steps: int = 50
@@ -135,8 +162,8 @@ class RefinerArguments(DataArguments):
             raise TrainingConfigError(f"base must be one of {BASES}, got {self.base!r}")
         if self.base == "llm" and not self.llm:
             raise TrainingConfigError("--base llm needs --llm: the model or adapter whose samples are x0")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise TrainingConfigError("max_steps and batch_size must be positive")
+        if self.max_steps < 1 or self.batch_size < 1 or self.wyckoff_attempts < 1:
+            raise TrainingConfigError("max_steps, batch_size and wyckoff_attempts must be positive")
         if self.base_noise_std < 0 or (self.inference_noise_std or 0) < 0:
             raise TrainingConfigError("base_noise_std and inference_noise_std must be >= 0")
 
@@ -147,20 +174,30 @@ class RefinerArguments(DataArguments):
 
 @dataclass
 class _Pairs:
-    """Training crystals as per-crystal tensors; x0 is None for the uniform base (drawn every step)."""
+    """Training crystals as per-crystal tensors; x0 is None for the uniform base (drawn every step).
+
+    `operations` (Wyckoff pairs with the projection): x1's space-group operations per crystal (None: not kept).
+    """
 
     x1: list[CrystalBatch]
     x0: list[CrystalBatch] | None
     log_length_mean: torch.Tensor
     log_length_std: torch.Tensor
+    operations: list[SymmetryOperations | None] | None = None
 
     def batch(
         self, indices: Sequence[int], scheduler: CrystalFlowScheduler, generator: torch.Generator
-    ) -> tuple[CrystalBatch, CrystalBatch]:
-        """(x0, x1) of the crystals `indices`: x0 drawn by the scheduler's `sample_base`, as at inference."""
+    ) -> tuple[CrystalBatch, CrystalBatch, SymmetryProjector | None]:
+        """(x0, x1, projector) of the crystals `indices`: x0 drawn by the scheduler's `sample_base` (projected
+        onto x1's group when the pairs keep it, as at inference), and the projector (None without symmetry)."""
         x1 = _concat([self.x1[i] for i in indices])
         x0 = x1 if self.x0 is None else _concat([self.x0[i] for i in indices])
-        return scheduler.sample_base(x0, generator), x1
+        projector = None
+        if self.operations is not None:
+            projector = SymmetryProjector(
+                [self.operations[i] for i in indices], [len(self.x1[i].atom_types) for i in indices]
+            )
+        return scheduler.sample_base(x0, generator, project=projector), x1, projector
 
 
 def _concat(crystals: Sequence[CrystalBatch]) -> CrystalBatch:
@@ -196,22 +233,72 @@ def load_pairs(args: RefinerArguments) -> tuple[_Pairs, dict]:
 
         model, tokenizer = load_crystal_model(args.llm, revision=args.llm_revision)
         pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
-        settings = PairSettings(args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size)
+        settings = PairSettings(
+            args.llm_temperature, args.llm_top_p, args.seed, args.llm_batch_size, args.wyckoff_attempts
+        )
         cache = Path(args.pairs_cache_dir or cache_dir("refiner_pairs"))
         pairs = build_pairs(
             pipe, ids, structures, cache, settings, model_name=args.llm, revision=args.llm_revision
         )
-        usable = pairs.filter(lambda row: row["x0"] is not None)
-        info["pairs without an LLM sample (skipped)"] = len(pairs) - len(usable)
-        info["mean transport cost, index pairing"] = round(float(np.mean(usable["cost_index"])), 5)
-        info["mean transport cost, optimal assignment"] = round(float(np.mean(usable["cost_assigned"])), 5)
+        operations = None
+        if "matched" in pairs.column_names:  # a Wyckoff-text LLM
+            usable, operations = _wyckoff_pairs(pairs, args, info)
+        else:
+            usable = pairs.filter(lambda row: row["x0"] is not None)
+            info["pairs without an LLM sample (skipped)"] = len(pairs) - len(usable)
+            info["mean transport cost, index pairing"] = round(float(np.mean(usable["cost_index"])), 5)
+            info["mean transport cost, optimal assignment"] = round(
+                float(np.mean(usable["cost_assigned"])), 5
+            )
         x1 = [Structure.from_str(c, fmt="json") for c in usable["x1"]]
         x0 = _singles([Structure.from_str(c, fmt="json") for c in usable["x0"]])
     else:
-        x1, x0 = [s.get_reduced_structure() for s in structures], None
+        x1, x0, operations = [s.get_reduced_structure() for s in structures], None, None
+    if operations is not None:
+        operations = [None if row is None else _operations(x1[i], *row) for i, row in enumerate(operations)]
+        info["usable pairs whose operations were not found (trained without projection)"] = operations.count(
+            None
+        )
     x1 = _singles(x1)
     log_lengths = torch.cat([c.lattice[:, :3] for c in x1])
-    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0)), info
+    return _Pairs(x1, x0, log_lengths.mean(0), log_lengths.std(0), operations), info
+
+
+def _wyckoff_pairs(pairs, args: RefinerArguments, info: dict) -> tuple:
+    """The pairs of a Wyckoff-text LLM to train on, and (space group, cell) per pair for the projection (None
+    where it is off or the pair's orbits differ); counts go to `info`."""
+    counts = Counter(pairs["matched"])
+    kinds = ("orbits", "elements") if args.wyckoff_fallback else ("orbits",)
+    info["pairs with x1's Wyckoff orbits (usable)"] = counts["orbits"]
+    what = "atoms matched by element" if args.wyckoff_fallback else "skipped"
+    info[f"pairs whose Wyckoff orbits differ ({what})"] = counts["elements"]
+    info["pairs without an LLM sample (skipped)"] = counts[None]
+    info["x1 whose Wyckoff text does not round-trip"] = pairs["x1_roundtrip"].count(False)
+    orbits = pairs.filter(lambda row: row["matched"] == "orbits")
+    if len(orbits):
+        info["mean transport cost, element pairing in Niggli cells"] = round(
+            float(np.mean(orbits["cost_xyz"])), 5
+        )
+        info["mean transport cost, orbit pairing"] = round(float(np.mean(orbits["cost_assigned"])), 5)
+    usable = pairs.filter(lambda row: row["matched"] in kinds)
+    if not len(usable):
+        raise TrainingConfigError(
+            f"none of the LLM's {len(pairs)} samples has its x1's Wyckoff orbits: draw more per structure "
+            "(--wyckoff_attempts) or train on the others too (--wyckoff_fallback)"
+        )
+    if not args.symmetry_projection:
+        return usable, None
+    rows = zip(usable["matched"], usable["spacegroup"], usable["cell"], strict=True)
+    return usable, [(group, cell) if matched == "orbits" else None for matched, group, cell in rows]
+
+
+def _operations(x1: Structure, group: int, cell: list[float]) -> SymmetryOperations | None:
+    from hf_crystal.training.wyckoff_pairs import pair_operations
+
+    try:
+        return pair_operations(x1, group, cell)
+    except SymmetryError:
+        return None
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -303,11 +390,18 @@ def train_refiner(args: RefinerArguments) -> Path:
         unit=" steps",
     ):
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x0, x1 = pairs.batch(_batch_indices(step, args.batch_size, n, args.seed), scheduler, generator)
+        x0, x1, project = pairs.batch(
+            _batch_indices(step, args.batch_size, n, args.seed), scheduler, generator
+        )
         t = torch.rand(x1.num_crystals, generator=generator)
         x0, x1, t = x0.to(accelerator.device), x1.to(accelerator.device), t.to(accelerator.device)
         target = interpolate((x0.frac_coords, x0.lattice), (x1.frac_coords, x1.lattice), t, x1.crystal_index)
+        if project is not None:
+            target = _symmetric_target(target, project)
         prediction = model(x1.atom_types, target.frac_coords, target.lattice, t, x1.crystal_index)
+        if project is not None:  # as at inference: only the projected velocity moves the structure
+            coord_velocity, lattice_velocity = prediction.to_tuple()
+            prediction = (project.project_velocity(coord_velocity), lattice_velocity)
         loss = flow_matching_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -331,6 +425,21 @@ def train_refiner(args: RefinerArguments) -> Path:
     model = accelerator.unwrap_model(model)
     inference = _scheduler(args, pairs, _inference_noise(args))
     return _finish(args, model, ema, inference, progress.log, info)
+
+
+def _symmetric_target(target: FlowTarget, project: SymmetryProjector) -> FlowTarget:
+    """The flow-matching state and coordinate velocity projected onto the pair's group.
+
+    With x0 and x1 in one group and cell and their orbits paired, both already keep it, except where a shortest
+    torus displacement and its image under an operation differ by a lattice vector (the pairs' `target_asymmetry`).
+    """
+    frac_coords, lattice = project(target.frac_coords, target.lattice)
+    return FlowTarget(
+        frac_coords=frac_coords,
+        lattice=lattice,
+        coord_velocity=project.project_velocity(target.coord_velocity),
+        lattice_velocity=target.lattice_velocity,
+    )
 
 
 def _inference_noise(args: RefinerArguments) -> float:
