@@ -18,8 +18,10 @@ Each row is measured by the project's own commands, so every row meets one evalu
   the seed; random space groups), then ``hf-crystal benchmark --samples``; structures pyxtal cannot build stay
   in the file as unreadable samples, so they count as invalid;
 - conditioned: ``hf-crystal generate --conditions-file`` with the formula and space group (the split's
-  ``pretty_formula`` and ``spacegroup.number``) of the split's first ``--conditions`` rows, one sample each,
-  scored by ``hf_crystal.evaluation.conditions`` (space group at symprec 0.1, reduced formula);
+  ``pretty_formula`` and ``spacegroup.number``) of the split's first ``--conditions`` rows, one sample each
+  (64 condition sets per batch, as the benchmark's batches), scored by ``hf_crystal.evaluation.conditions``
+  (space group at symprec 0.1, reduced formula); a row as written scores the LLM's own samples of a refined
+  row of the same model when there is one (generated once);
 - tokens per crystal: the unconditional samples' texts, in the model's tokenizer;
 - crystals/s: timed ``pipeline("crystal-generation")`` calls (``bench_generation.run``: constrained, batch
   ``--speed-batch-size``, refiner included when the row has one, one torch thread), every row in one process,
@@ -457,16 +459,24 @@ def main(argv: list[str] | None = None) -> None:
         entry["benchmark"] = parts.run(f"{row.name}.benchmark", common | {"argv": bench}, benchmark)
         if not row.generated:
             continue
-        conditioned = folder / "conditioned.jsonl"
+        # A row as written scores the LLM's own samples of a refined row of its model when there is one
+        # (`generate` writes them beside the refined ones): the same samples, generated once.
+        source = next((r for r in rows if r.model == row.model and r.refiner), row)
+        source_folder = out / "rows" / source.name
         gen = ["generate", "--model", row.model, "--conditions-file", str(inputs / "conditions.jsonl")]
-        gen += ["--refiner", row.refiner] if row.refiner else ["--no-refiner"]
-        gen += ["--seed", str(args.seed), "--out", str(conditioned), "--resume"]
+        gen += ["--refiner", source.refiner] if source.refiner else ["--no-refiner"]
+        gen += ["--seed", str(args.seed), "--batch-size", "64"]
+        gen += ["--out", str(source_folder / "conditioned.jsonl"), "--resume"]
+        scored = source_folder / (
+            "conditioned.llm.jsonl" if source.refiner and not row.refiner else "conditioned.jsonl"
+        )
 
-        def conditions(gen=gen, folder=folder, conditioned=conditioned) -> dict:
-            _cli(gen, folder / "conditioned.log")
-            return condition_rates(conditioned)
+        def conditions(gen=gen, log=source_folder / "conditioned.log", scored=scored) -> dict:
+            _cli(gen, log)  # a finished file is resumed at its end: nothing is generated again
+            return condition_rates(scored)
 
-        entry["conditions"] = parts.run(f"{row.name}.conditions", common | {"argv": gen}, conditions)
+        spec = common | {"argv": gen, "scored": scored.name}
+        entry["conditions"] = parts.run(f"{row.name}.conditions", spec, conditions)
 
         def tokens(row=row, bench_out=bench_out) -> dict:
             from hf_crystal.loading import load_crystal_model
