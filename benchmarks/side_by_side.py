@@ -203,6 +203,16 @@ def split_inputs(val: Path, ids_file: Path, out: Path, *, num: int, conditions: 
 # The parts of a row.
 
 
+def conditions_source(row: Row, rows: list[Row]) -> tuple[Row, bool]:
+    """The row whose conditioned samples ``row`` scores, and whether they are that row's LLM samples: a row as
+    written scores the LLM samples of the first refined row of its model (``generate`` writes both), if any."""
+    if row.refiner is None:
+        for other in rows:
+            if other.model == row.model and other.refiner is not None:
+                return other, True
+    return row, False
+
+
 def pyxtal_samples(like: Path, out: Path, seed: int) -> dict:
     """``hf-crystal baseline random --like LIKE``, written as ``out/samples.jsonl`` holding every entry of
     ``like`` in order: the built structure, or no structure (an unreadable sample) where pyxtal built none."""
@@ -461,15 +471,13 @@ def main(argv: list[str] | None = None) -> None:
             continue
         # A row as written scores the LLM's own samples of a refined row of its model when there is one
         # (`generate` writes them beside the refined ones): the same samples, generated once.
-        source = next((r for r in rows if r.model == row.model and r.refiner), row)
+        source, llm = conditions_source(row, rows)
         source_folder = out / "rows" / source.name
         gen = ["generate", "--model", row.model, "--conditions-file", str(inputs / "conditions.jsonl")]
         gen += ["--refiner", source.refiner] if source.refiner else ["--no-refiner"]
         gen += ["--seed", str(args.seed), "--batch-size", "64"]
         gen += ["--out", str(source_folder / "conditioned.jsonl"), "--resume"]
-        scored = source_folder / (
-            "conditioned.llm.jsonl" if source.refiner and not row.refiner else "conditioned.jsonl"
-        )
+        scored = source_folder / ("conditioned.llm.jsonl" if llm else "conditioned.jsonl")
 
         def conditions(gen=gen, log=source_folder / "conditioned.log", scored=scored) -> dict:
             _cli(gen, log)  # a finished file is resumed at its end: nothing is generated again

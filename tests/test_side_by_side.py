@@ -50,6 +50,11 @@ def test_row_specs(side):
         ("pyxtal", None, None),
     ]
     assert not rows[-1].generated
+    # Rows as written score the LLM samples of their model's refined row, when there is one.
+    assert side.conditions_source(rows[1], rows) == (rows[0], True)
+    assert side.conditions_source(rows[0], rows) == (rows[0], False)
+    assert side.conditions_source(rows[3], rows) == (rows[2], True)
+    assert side.conditions_source(rows[3], rows[3:]) == (rows[3], False)
     for bad, message in (
         ("models/wyckoff+none", "names a folder"),  # a path is no folder name: NAME= is needed
         ("w=models/wyckoff+", "expected"),
