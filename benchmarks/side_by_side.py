@@ -428,12 +428,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=Path, required=True, help="training structures for novelty (CSV)")
     parser.add_argument("--num", type=int, default=1000, help="unconditional samples per row (default 1000)")
     parser.add_argument("--relax", type=int, default=500, help="relaxed subset: the first N samples (500)")
-    parser.add_argument("--conditions", type=int, default=256, help="space-group + formula conditions (256)")
-    parser.add_argument("--infill", type=int, default=200, help="infill structures (default 200)")
+    parser.add_argument(
+        "--conditions", type=int, default=256, help="space-group + formula conditions (256; 0: no such part)"
+    )
+    parser.add_argument("--infill", type=int, default=200, help="infill structures (200; 0: no infill part)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-num", type=int, default=64, help="samples per row and round for crystals/s")
     parser.add_argument("--speed-batch-size", type=int, default=64)
-    parser.add_argument("--speed-rounds", type=int, default=2)
+    parser.add_argument("--speed-rounds", type=int, default=2, help="0: no crystals/s part")
     parser.add_argument("--workers", type=int, default=1, help="Ray workers of the benchmarks (default 1)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -441,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = parse_rows(args.rows)
     except ValueError as exc:
         parser.error(str(exc))
+    if min(args.num, args.relax, args.conditions, args.infill, args.speed_rounds) < 0 or args.num < 1:
+        parser.error("--num must be positive; --relax, --conditions, --infill and --speed-rounds >= 0")
     if not args.train.is_file():
         parser.error(f"--train: {args.train} not found")
 
@@ -469,22 +473,23 @@ def main(argv: list[str] | None = None) -> None:
         entry["benchmark"] = parts.run(f"{row.name}.benchmark", common | {"argv": bench}, benchmark)
         if not row.generated:
             continue
-        # A row as written scores the LLM's own samples of a refined row of its model when there is one
-        # (`generate` writes them beside the refined ones): the same samples, generated once.
-        source, llm = conditions_source(row, rows)
-        source_folder = out / "rows" / source.name
-        gen = ["generate", "--model", row.model, "--conditions-file", str(inputs / "conditions.jsonl")]
-        gen += ["--refiner", source.refiner] if source.refiner else ["--no-refiner"]
-        gen += ["--seed", str(args.seed), "--batch-size", "64"]
-        gen += ["--out", str(source_folder / "conditioned.jsonl"), "--resume"]
-        scored = source_folder / ("conditioned.llm.jsonl" if llm else "conditioned.jsonl")
+        if args.conditions:
+            # A row as written scores the LLM's own samples of a refined row of its model when there is one
+            # (`generate` writes them beside the refined ones): the same samples, generated once.
+            source, llm = conditions_source(row, rows)
+            source_folder = out / "rows" / source.name
+            gen = ["generate", "--model", row.model, "--conditions-file", str(inputs / "conditions.jsonl")]
+            gen += ["--refiner", source.refiner] if source.refiner else ["--no-refiner"]
+            gen += ["--seed", str(args.seed), "--batch-size", "64"]
+            gen += ["--out", str(source_folder / "conditioned.jsonl"), "--resume"]
+            scored = source_folder / ("conditioned.llm.jsonl" if llm else "conditioned.jsonl")
 
-        def conditions(gen=gen, log=source_folder / "conditioned.log", scored=scored) -> dict:
-            _cli(gen, log)  # a finished file is resumed at its end: nothing is generated again
-            return condition_rates(scored)
+            def conditions(gen=gen, log=source_folder / "conditioned.log", scored=scored) -> dict:
+                _cli(gen, log)  # a finished file is resumed at its end: nothing is generated again
+                return condition_rates(scored)
 
-        spec = common | {"argv": gen, "scored": scored.name}
-        entry["conditions"] = parts.run(f"{row.name}.conditions", spec, conditions)
+            spec = common | {"argv": gen, "scored": scored.name}
+            entry["conditions"] = parts.run(f"{row.name}.conditions", spec, conditions)
 
         def tokens(row=row, bench_out=bench_out) -> dict:
             from hf_crystal.loading import load_crystal_model
@@ -497,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
 
     generating = [row for row in rows if row.generated]
     models = list(dict.fromkeys(row.model for row in generating))
-    for model in models:  # infill does not involve the refiner: once per model
+    for model in models if args.infill else []:  # the refiner plays no part in infill: once per model
 
         def infill(model=model) -> dict:
             from pymatgen.core import Structure
@@ -516,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in generating:
             if row.model == model:
                 results["rows"][row.name]["infill"] = result
-    if generating:
+    if generating and args.speed_rounds:
         speed_spec = common | {
             "rows": [asdict(r) for r in generating],
             **{k: getattr(args, k) for k in ("speed_num", "speed_batch_size", "speed_rounds", "seed")},
