@@ -379,10 +379,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         cells += [_number(m.get("wdist_density")), _number(m.get("wdist_nary"))]
         cells += [_rate(m.get(k), m.get(f"{k}_ci95")) for k in ("unique_rate", "novel_rate")]
         cells += [str(m.get("n_stability", "n/a"))]
-        cells += [
-            _rate(m.get(k), m.get(f"{k}_ci95"))
-            for k in ("metastable_rate", "stable_rate", "sun_rate", "p1_rate_sp0.1")
-        ]
+        cells += [_rate(m.get(k), m.get(f"{k}_ci95")) for k in ("metastable_rate", "stable_rate", "sun_rate")]
+        cells += [_rate(m.get("p1_rate_sp0.1"), m.get("p1_rate_ci95_sp0.1"))]
         cells += [f"{_number(m.get('sg_chi2_sp0.1'), 2)} ({_number(m.get('sg_chi2_floor_sp0.1'), 2)})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
