@@ -118,3 +118,21 @@ def test_infill_top_k_on_a_forced_model(side):
     result = side.infill_recovery(infill, tasks, k=5)
     assert result["ranks"] == [0, 1, None, 0]
     assert (result["n"], result["top1"], result["top5"]) == (4, 0.5, 0.75)
+
+
+def test_pyxtal_structures_not_built_stay_as_unreadable_samples(side, tmp_path, monkeypatch):
+    from hf_crystal.structure_io import read_structures
+
+    like = tmp_path / "like.csv"
+    salt, nitride = rocksalt(), sodium_nitride()
+    rows = [("mp-1", salt), ("mp-2", nitride), ("mp-3", salt)]
+    like.write_text("material_id,cif\n" + "".join(f'{i},"{cif_block(s, i)}"\n' for i, s in rows))
+
+    def baseline(argv, log):  # what `hf-crystal baseline random` writes when pyxtal builds mp-3 only
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_text(cif_block(salt.copy(), "mp-3"))
+
+    monkeypatch.setattr(side, "_cli", baseline)
+    assert side.pyxtal_samples(like, tmp_path, seed=0) == {"n": 3, "built": 1}
+    ids, structures, skipped = read_structures(tmp_path / "samples.jsonl")
+    assert ids == ["mp-3"] and [i for i, _ in skipped] == ["mp-1", "mp-2"]  # counted, in the file's order
