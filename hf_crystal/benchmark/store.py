@@ -75,11 +75,12 @@ class ShardStore:
             return
         atomic_write(path, json.dumps(settings, indent=1))
 
-    def add_time(self, stage: str, seconds: float) -> None:
-        """Add ``seconds`` to the wall time recorded for ``stage`` (``timings.json``)."""
+    def add_time(self, stage: str, seconds: float, *, replace: bool = False) -> None:
+        """Add ``seconds`` to the wall time recorded for ``stage`` (``timings.json``): a resumed stage's time adds
+        up; ``replace`` records only this run's (a step every run redoes, such as assembling the report)."""
         path = self.root / "timings.json"
         timings = json.loads(path.read_text()) if path.exists() else {}
-        timings[stage] = timings.get(stage, 0.0) + seconds
+        timings[stage] = (0.0 if replace else timings.get(stage, 0.0)) + seconds
         atomic_write(path, json.dumps(timings, indent=1))
 
     def timings(self) -> dict[str, float]:
