@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import spglib
 import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from pymatgen.symmetry.groups import SpaceGroup
+from spglib.error import SpglibError
 
 from hf_crystal.refiner.manifold import (
-    ANGLE_MARGIN,
-    ANGLE_MAX,
-    ANGLE_MIN,
     lattice_to_unconstrained,
     torus_displacement,
     unconstrained_to_lattice,
@@ -98,10 +97,24 @@ class SymmetryOperations:
     atom_map: np.ndarray
     space_group: int
 
+    @functools.cached_property
+    def inverse_rotations(self) -> np.ndarray:
+        """`W_g^-1` `(k, 3, 3)`: integer matrices of determinant +-1, as floats."""
+        return np.linalg.inv(self.rotations).round()
+
     @classmethod
     def identity(cls, n_atoms: int) -> SymmetryOperations:
         """Only the identity (the projection then changes nothing)."""
         return cls(np.eye(3, dtype=int)[None], np.zeros((1, 3)), np.arange(n_atoms)[None], 1)
+
+
+def _spglib_cell(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """spglib's cell of `structure`: lattice, fractional coordinates and one number per species, numbered in order
+    of first appearance as `SpacegroupAnalyzer` numbers them (magnetic moments are not passed: the refiner's
+    structures carry none)."""
+    labels: dict = {}
+    numbers = np.array([labels.setdefault(species, len(labels) + 1) for species in structure.species])
+    return structure.lattice.matrix, structure.frac_coords, numbers
 
 
 def symmetry_operations(
@@ -111,33 +124,35 @@ def symmetry_operations(
 
     spglib gives operations, not the atom map: atom i goes to the atom of its species nearest to its image. The
     map is checked to be a permutation (how far the images lie is left to `symmetrize`, which bounds how far the
-    projection moves the atoms: spglib's own tolerance is not a bound on each image's distance).
+    projection moves the atoms: spglib's own tolerance is not a bound on each image's distance). spglib is called
+    directly (the same call and cell as `SpacegroupAnalyzer`, without its per-site bookkeeping).
 
     Raises:
         SymmetryError: spglib finds no group, or an operation's map is not such a permutation.
     """
+    lattice, frac, numbers = _spglib_cell(structure)
     try:
-        dataset = SpacegroupAnalyzer(
-            structure, symprec=symprec, angle_tolerance=angle_tolerance
-        ).get_symmetry_dataset()
-    except ValueError as exc:
+        dataset = spglib.get_symmetry_dataset(
+            (lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance
+        )
+    except SpglibError as exc:
         raise SymmetryError(f"spglib finds no space group at symprec {symprec}: {exc}") from exc
+    if dataset is None:
+        raise SymmetryError(f"spglib finds no space group at symprec {symprec}")
     rotations = np.asarray(dataset.rotations, dtype=int)
     translations = np.asarray(dataset.translations, dtype=float)
-    frac = structure.frac_coords
-    species = np.array([site.specie.Z for site in structure])
     images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
     delta = images[:, :, None, :] - frac[None, None, :, :]  # (k, n, n, 3): image of i minus atom j
     delta -= np.round(delta)
-    distance = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
-    distance[:, species[:, None] != species[None, :]] = np.inf
+    distance = np.linalg.norm(delta @ lattice, axis=-1)
+    distance[:, numbers[:, None] != numbers[None, :]] = np.inf
     atom_map = distance.argmin(axis=-1)
-    for g, row in enumerate(atom_map):
-        if len(set(row.tolist())) != len(row):
-            raise SymmetryError(
-                f"operation {g} of space group {dataset.number} at symprec {symprec} does not map the atoms onto "
-                "atoms of the same species one to one"
-            )
+    bad = (np.sort(atom_map, axis=1) != np.arange(len(frac))).any(axis=1)
+    if bad.any():
+        raise SymmetryError(
+            f"operation {int(bad.argmax())} of space group {dataset.number} at symprec {symprec} does not map the "
+            "atoms onto atoms of the same species one to one"
+        )
     return SymmetryOperations(rotations, translations, atom_map, int(dataset.number))
 
 
@@ -170,7 +185,7 @@ class SymmetryProjector:
                 )
             k = len(ops.rotations)
             n_ops[c] = k
-            inv = np.linalg.inv(ops.rotations).round()  # integer matrices of determinant +-1
+            inv = ops.inverse_rotations
             atom.append(np.tile(np.arange(n), k) + offsets[c])
             source.append(ops.atom_map.reshape(-1) + offsets[c])
             inverse.append(np.repeat(inv, n, axis=0))
@@ -186,6 +201,7 @@ class SymmetryProjector:
         self._rotation = torch.as_tensor(np.concatenate(rotation or [empty3]), dtype=torch.float64)
         self._ops_per_crystal = torch.as_tensor(n_ops, dtype=torch.float64)
         self._ops_per_atom = torch.as_tensor(np.repeat(n_ops, num_atoms), dtype=torch.float64)
+        self._symmetric = torch.as_tensor([ops is not None for ops in operations], dtype=torch.bool)
 
     def project_coords(self, frac_coords: torch.Tensor) -> torch.Tensor:
         """Fractional coordinates `(N, 3)` averaged over the operations, wrapped into [0, 1)."""
@@ -213,50 +229,74 @@ class SymmetryProjector:
 
     def project_lattice(self, lattice: torch.Tensor) -> torch.Tensor:
         """Unconstrained lattice parameters `(B, 6)` whose metric is averaged over the operations."""
-        dev = lattice.device
-        metric = _metric(unconstrained_to_lattice(lattice.double()))
+        params = self.project_parameters(unconstrained_to_lattice(lattice.double()))
+        return lattice_to_unconstrained(params).to(lattice.dtype)
+
+    def project_parameters(self, params: torch.Tensor) -> torch.Tensor:
+        """Lattice parameters `(B, 6)` (Å, degrees) whose metric is averaged over the operations (not limited to
+        the refiner's angle interval)."""
+        dev = params.device
+        metric = _metric(params.double())
         w = self._rotation.to(dev)
         transformed = w.transpose(1, 2) @ metric[self._op_crystal.to(dev)] @ w
         metric = torch.zeros_like(metric).index_add_(0, self._op_crystal.to(dev), transformed)
         metric = metric / self._ops_per_crystal.to(dev)[:, None, None]
-        return lattice_to_unconstrained(_parameters(metric)).to(lattice.dtype)
+        return _parameters(metric).to(params.dtype)
 
     def __call__(self, frac_coords: torch.Tensor, lattice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both projections: (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`)."""
         return self.project_coords(frac_coords), self.project_lattice(lattice)
 
+    def project_end(
+        self, frac_coords: torch.Tensor, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last projection of a flow, in float64: fractional coordinates `(N, 3)` and lattice parameters
+        `(B, 6)` (Å, degrees, not limited to the refiner's angle interval); crystals without operations are
+        returned as they are."""
+        projected = self.project_parameters(params.double())
+        symmetric = self._symmetric.to(params.device)[:, None]
+        return self.project_coords(frac_coords.double()), torch.where(symmetric, projected, params.double())
 
-def _metric(params: torch.Tensor) -> torch.Tensor:
-    """Metric tensors `(B, 3, 3)` from lattice parameters `(B, 6)` (Å, degrees)."""
-    lengths, cosines = params[:, :3], torch.cos(torch.deg2rad(params[:, 3:]))
-    a, b, c = lengths.unbind(-1)
-    ca, cb, cg = cosines.unbind(-1)
+
+def _metric(params):
+    """Metric tensors `(B, 3, 3)` from lattice parameters `(B, 6)` (Å, degrees); numpy or torch."""
+    xp = torch if isinstance(params, torch.Tensor) else np
+    a, b, c = params[:, 0], params[:, 1], params[:, 2]
+    cosines = xp.cos(xp.deg2rad(params[:, 3:]))
+    ca, cb, cg = cosines[:, 0], cosines[:, 1], cosines[:, 2]
     rows = [
-        torch.stack([a * a, a * b * cg, a * c * cb], -1),
-        torch.stack([a * b * cg, b * b, b * c * ca], -1),
-        torch.stack([a * c * cb, b * c * ca, c * c], -1),
+        xp.stack([a * a, a * b * cg, a * c * cb], -1),
+        xp.stack([a * b * cg, b * b, b * c * ca], -1),
+        xp.stack([a * c * cb, b * c * ca, c * c], -1),
     ]
-    return torch.stack(rows, -2)
+    return xp.stack(rows, -2)
 
 
-def _parameters(metric: torch.Tensor) -> torch.Tensor:
-    """Lattice parameters `(B, 6)` (Å, degrees) of metric tensors `(B, 3, 3)`."""
-    lengths = metric.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
-    a, b, c = lengths.unbind(-1)
-    cosines = torch.stack(
-        [metric[:, 1, 2] / (b * c), metric[:, 0, 2] / (a * c), metric[:, 0, 1] / (a * b)], -1
-    )
-    return torch.cat([lengths, torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))], -1)
+def _parameters(metric):
+    """Lattice parameters `(B, 6)` (Å, degrees) of metric tensors `(B, 3, 3)`; numpy or torch."""
+    xp = torch if isinstance(metric, torch.Tensor) else np
+    a, b, c = (xp.sqrt(xp.clip(metric[:, i, i], 0, None)) for i in range(3))
+    cosines = [metric[:, 1, 2] / (b * c), metric[:, 0, 2] / (a * c), metric[:, 0, 1] / (a * b)]
+    angles = [xp.rad2deg(xp.arccos(xp.clip(cosine, -1, 1))) for cosine in cosines]
+    return xp.stack([a, b, c, *angles], -1)
+
+
+def _wrap(x: np.ndarray) -> np.ndarray:
+    """`manifold.wrap` for numpy arrays: `x` mod 1 in [0, 1)."""
+    y = np.remainder(x, 1.0)
+    return np.where(y >= 1.0, 0.0, y)
 
 
 def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, Lattice]:
-    """Projected fractional coordinates and lattice of `structure`."""
-    projector = SymmetryProjector([operations], [len(structure)])
-    coords = projector.project_coords(torch.as_tensor(structure.frac_coords, dtype=torch.float64))
-    params = torch.tensor([[*structure.lattice.abc, *structure.lattice.angles]], dtype=torch.float64)
-    w = torch.as_tensor(operations.rotations, dtype=torch.float64)
-    metric = (w.transpose(1, 2) @ _metric(params) @ w).mean(0, keepdim=True)
-    return coords.numpy(), Lattice.from_parameters(*_parameters(metric)[0].tolist())
+    """Projected fractional coordinates and lattice of `structure` (`SymmetryProjector`'s maps for one crystal)."""
+    frac = structure.frac_coords
+    shifted = frac[operations.atom_map] - operations.translations[:, None, :]  # (k, n, 3)
+    image = np.einsum("gab,gnb->gna", operations.inverse_rotations, shifted)
+    displacement = _wrap(image - frac + 0.5) - 0.5
+    coords = _wrap(frac + displacement.sum(0) / len(displacement))
+    w = operations.rotations.astype(float)
+    metric = (w.transpose(0, 2, 1) @ _metric(np.array([structure.lattice.parameters])) @ w).mean(0)
+    return coords, Lattice.from_parameters(*_parameters(metric[None])[0])
 
 
 def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
@@ -298,7 +338,7 @@ def symmetrize(
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
     and if all fail the structure is returned as it is (case "plain").
     """
-    before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
+    before = None  # the closest pair (at most min_distance), computed once a projection needs it
     for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
         try:
             operations = symmetry_operations(structure, tol)
@@ -307,20 +347,15 @@ def symmetrize(
         coords, lattice = _project(structure, operations)
         delta = coords - structure.frac_coords
         delta -= np.round(delta)
-        moved = np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0)
-        if moved > tol or _min_distance(lattice, coords) < before - 1e-6:
+        if np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0) > tol:
+            continue
+        if before is None:
+            before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
+        if _min_distance(lattice, coords) < before - 1e-6:
             continue
         projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
         return Symmetrized(projected, operations, case)
     return Symmetrized(structure, None, "plain")
-
-
-def _near_angle_bounds(structure: Structure) -> bool:
-    """Whether a lattice angle lies where the refiner's angle map clamps it (otherwise the flow's last projection
-    already made the structure exact)."""
-    angles = np.array(structure.lattice.angles)
-    margin = 2 * ANGLE_MARGIN
-    return bool(((angles < ANGLE_MIN + margin) | (angles > ANGLE_MAX - margin)).any())
 
 
 @dataclass
@@ -345,10 +380,24 @@ class SymmetrizedBatch:
         needs an angle outside it, the state can only be nearly symmetric, and this last projection in
         the metric makes it exact.
         """
-        return [
-            s if ops is None else project_structure(s, ops)
-            for s, ops in zip(structures, self.operations, strict=True)
-        ]
+        if len(structures) != len(self.operations):
+            raise ValueError(f"{len(structures)} structures for {len(self.operations)} operation sets")
+        coords, params = self.projector.project_end(
+            torch.as_tensor(np.concatenate([s.frac_coords for s in structures])),
+            torch.tensor([s.lattice.parameters for s in structures]),
+        )
+        coords, params = coords.numpy(), params.numpy()
+        out, start = [], 0
+        for s, ops, p in zip(structures, self.operations, params, strict=True):
+            end = start + len(s)
+            if ops is not None:
+                site_properties = s.site_properties
+                s = Structure(
+                    Lattice.from_parameters(*p), s.species, coords[start:end], site_properties=site_properties
+                )
+            out.append(s)
+            start = end
+        return out
 
     @property
     def counts(self) -> dict[str, int]:
