@@ -9,7 +9,12 @@ random structures of 4-20 atoms. Throughput does not depend on training, so the 
     python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --threads 1
 
 `--symmetry` times the plain flow ("none") and the symmetry-preserving one at the given tolerances (Å) in one run
-(finding the operations, the projection and the projected steps; `hf_crystal.symmetry`).
+(finding the operations, the projection and the projected steps; `hf_crystal.symmetry`). `--repeats N` times each
+setting N times, interleaved (plain, symmetric, plain, ...), and reports the median rate, every rate, and the median
+time per structure relative to the plain flow's ("x plain"):
+
+    python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --repeats 5 \
+        --threads 1 --data samples.extxyz
 
 A size is HIDDENxLAYERS[xEDGE[xFREQS]] (edge width, default HIDDEN // 2; Fourier frequencies, default the model's);
 "default" is the model's default configuration.
@@ -80,8 +85,9 @@ def main() -> None:
     parser.add_argument(
         "--symmetry", nargs="+", default=["none"], help='symmetry tolerances in Å, "none" for the plain flow'
     )
+    parser.add_argument("--repeats", type=int, default=1, help="timings of each setting, interleaved")
     args = parser.parse_args()
-    tolerances = [None if t == "none" else float(t) for t in args.symmetry]
+    tolerances = list(dict.fromkeys(None if t == "none" else float(t) for t in args.symmetry))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +97,10 @@ def main() -> None:
     print(f"structures: {source}; {len(structures)} with {sizes.mean():.1f} atoms on average")
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
 
-    header = f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'symmetry':>8} | {'structures/s':>12} |"
+    header = (
+        f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'symmetry':>8} | {'structures/s':>12} "
+        f"| {'x plain':>7} | every run (structures/s) |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for size in args.sizes:
@@ -104,16 +113,25 @@ def main() -> None:
         pipe(structures[:2], num_inference_steps=2)  # warm-up
         for steps in args.steps:
             for batch_size in args.batch_sizes:
-                for tolerance in tolerances:
-                    chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
-                    start = time.perf_counter()
-                    pipe(
-                        chunk, num_inference_steps=steps, batch_size=batch_size, symmetry_tolerance=tolerance
-                    )
-                    rate = len(chunk) / (time.perf_counter() - start)
+                chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
+                rates = {tolerance: [] for tolerance in tolerances}
+                for _ in range(args.repeats):
+                    for tolerance in tolerances:
+                        start = time.perf_counter()
+                        pipe(
+                            chunk,
+                            num_inference_steps=steps,
+                            batch_size=batch_size,
+                            symmetry_tolerance=tolerance,
+                        )
+                        rates[tolerance].append(len(chunk) / (time.perf_counter() - start))
+                for tolerance, runs in rates.items():
+                    rate = float(np.median(runs))
+                    ratio = f"{np.median(rates[None]) / rate:.2f}" if None in rates else "-"
+                    every = ", ".join(f"{r:.1f}" for r in runs)
                     print(
                         f"| {name:<26} | {params:>8} | {steps:>5} | {batch_size:>5} | {str(tolerance):>8} "
-                        f"| {rate:>12.1f} |",
+                        f"| {rate:>12.1f} | {ratio:>7} | {every} |",
                         flush=True,
                     )
     print(f"load average at end: {os.getloadavg()}")

@@ -287,8 +287,9 @@ def _wrap(x: np.ndarray) -> np.ndarray:
     return np.where(y >= 1.0, 0.0, y)
 
 
-def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, Lattice]:
-    """Projected fractional coordinates and lattice of `structure` (`SymmetryProjector`'s maps for one crystal)."""
+def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, np.ndarray]:
+    """Projected fractional coordinates `(n, 3)` and metric `(3, 3)` of `structure` (`SymmetryProjector`'s maps for
+    one crystal)."""
     frac = structure.frac_coords
     shifted = frac[operations.atom_map] - operations.translations[:, None, :]  # (k, n, 3)
     image = np.einsum("gab,gnb->gna", operations.inverse_rotations, shifted)
@@ -296,14 +297,18 @@ def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.n
     coords = _wrap(frac + displacement.sum(0) / len(displacement))
     w = operations.rotations.astype(float)
     metric = (w.transpose(0, 2, 1) @ _metric(np.array([structure.lattice.parameters])) @ w).mean(0)
-    return coords, Lattice.from_parameters(*_parameters(metric[None])[0])
+    return coords, metric
+
+
+def _lattice(metric: np.ndarray) -> Lattice:
+    return Lattice.from_parameters(*_parameters(metric[None])[0])
 
 
 def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
     """`structure` projected onto the structures that keep `operations`: same cell orientation up to the metric,
     same atoms in the same order."""
-    coords, lattice = _project(structure, operations)
-    return Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
+    coords, metric = _project(structure, operations)
+    return Structure(_lattice(metric), structure.species, coords, site_properties=structure.site_properties)
 
 
 @dataclass
@@ -319,6 +324,16 @@ class Symmetrized:
     structure: Structure
     operations: SymmetryOperations | None
     case: str
+
+
+def _strain(metric: np.ndarray, projected: np.ndarray) -> float:
+    """Largest relative change of a lattice vector's length from `metric` to `projected`: the spectral norm of
+    `B^-1 (B' - B)`, with `B`, `B'` the Cholesky bases (rows) of the two metrics."""
+    try:
+        basis = np.linalg.cholesky(metric)
+        return float(np.linalg.norm(np.linalg.solve(basis, np.linalg.cholesky(projected) - basis), 2))
+    except np.linalg.LinAlgError:  # a degenerate cell: no bound
+        return float("inf")
 
 
 def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
@@ -338,21 +353,28 @@ def symmetrize(
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
     and if all fail the structure is returned as it is (case "plain").
     """
-    before = None  # the closest pair (at most min_distance), computed once a projection needs it
+    closest = None  # the input's closest pair, computed once a projection needs it
     for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
         try:
             operations = symmetry_operations(structure, tol)
         except SymmetryError:
             continue
-        coords, lattice = _project(structure, operations)
+        coords, metric = _project(structure, operations)
+        lattice = _lattice(metric)
         delta = coords - structure.frac_coords
         delta -= np.round(delta)
-        if np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0) > tol:
+        moved = np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0)
+        if moved > tol:
             continue
-        if before is None:
-            before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
-        if _min_distance(lattice, coords) < before - 1e-6:
-            continue
+        if closest is None:
+            closest = _min_distance(structure.lattice, structure.frac_coords)
+        floor = min(closest, min_distance) - 1e-6
+        # Every pair is at least `closest * (1 - strain) - 2 * moved` apart after the projection (each atom moved
+        # by at most `moved`, pair vectors stretched by at most the strain's norm): only when that bound does not
+        # settle it are the pairs measured.
+        if closest * (1 - _strain(structure.lattice.metric_tensor, metric)) - 2 * moved < floor:
+            if _min_distance(lattice, coords) < floor:
+                continue
         projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
         return Symmetrized(projected, operations, case)
     return Symmetrized(structure, None, "plain")
