@@ -32,6 +32,8 @@ from hf_crystal.refiner.manifold import (
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
+    "REFINE_CASES",
+    "RETRIED_CASES",
     "SYMMETRIZE_CASES",
     "SymmetrizedBatch",
     "SymmetryError",
@@ -51,6 +53,11 @@ CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "tri
 # How `symmetrize` ended: operations found and kept at the tolerance, at a tenth of it, at a hundredth, or not at
 # all (the structure is left as it is and the flow runs without a projection).
 SYMMETRIZE_CASES = ("tolerance", "tolerance/10", "tolerance/100", "plain")
+# How the symmetry-preserving refiner ended (`CrystalRefinerPipeline`): a `SYMMETRIZE_CASES` case, or, for a
+# structure whose refined output was structurally invalid (two atoms closer than 0.5 Å or a cell under 0.1 Å^3), the
+# rung of the ladder below it at which it was refined again (its output is invalid once more only in the last).
+RETRIED_CASES = ("tolerance/10 (retried)", "tolerance/100 (retried)", "plain (retried)")
+REFINE_CASES = SYMMETRIZE_CASES + RETRIED_CASES
 # Closer than this (Å), two atoms make a structure invalid (CDVAE's structural validity).
 MIN_DISTANCE = 0.5
 
@@ -344,17 +351,21 @@ def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
 
 
 def symmetrize(
-    structure: Structure, tolerance: float = 0.1, min_distance: float = MIN_DISTANCE
+    structure: Structure, tolerance: float = 0.1, min_distance: float = MIN_DISTANCE, first: str = "tolerance"
 ) -> Symmetrized:
     """Project `structure` once onto the structures keeping the operations spglib finds at `tolerance` (Å).
 
     A tolerance fails when spglib finds no group or an operation's atom map is not a species-keeping
     permutation, or when the projection moves an atom by more than the tolerance or brings two atoms closer than
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
-    and if all fail the structure is returned as it is (case "plain").
+    and if all fail the structure is returned as it is (case "plain"). `first` (a `SYMMETRIZE_CASES` case) starts
+    the ladder lower, e.g. "tolerance/10".
     """
+    if first not in SYMMETRIZE_CASES:
+        raise ValueError(f"first must be one of {SYMMETRIZE_CASES}, got {first!r}")
+    rungs = list(zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False))
     closest = None  # the input's closest pair, computed once a projection needs it
-    for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
+    for case, tol in rungs[SYMMETRIZE_CASES.index(first) :]:
         try:
             operations = symmetry_operations(structure, tol)
         except SymmetryError:
@@ -428,9 +439,13 @@ class SymmetrizedBatch:
         return {case: counts[case] for case in SYMMETRIZE_CASES}
 
 
-def symmetrize_structures(structures: Sequence[Structure], tolerance: float = 0.1) -> SymmetrizedBatch:
-    """`symmetrize` each structure, and a projector that keeps their operations along a flow over the batch."""
-    results = [symmetrize(s, tolerance) for s in structures]
+def symmetrize_structures(
+    structures: Sequence[Structure], tolerance: float = 0.1, first: Sequence[str] | None = None
+) -> SymmetrizedBatch:
+    """`symmetrize` each structure (from the ladder's rung `first[i]`, default the top), and a projector that keeps
+    their operations along a flow over the batch."""
+    first = first or ["tolerance"] * len(structures)
+    results = [symmetrize(s, tolerance, first=rung) for s, rung in zip(structures, first, strict=True)]
     return SymmetrizedBatch(
         structures=[r.structure for r in results],
         projector=SymmetryProjector([r.operations for r in results], [len(s) for s in structures]),

@@ -239,13 +239,29 @@ def test_symmetric_refiner_is_permutation_and_translation_equivariant():
 def test_close_atoms_are_kept():
     nacl = rocksalt()
     twin = Structure(nacl.lattice, ["Na", *nacl.species], [[0.5 + 0.05 / 5.64, 0.5, 0.0], *nacl.frac_coords])
+    assert symmetrize(twin, 0.1).case == "tolerance/10"
     out = tiny_refiner(base_noise_std=0.02)(
-        [twin], num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+        [twin, rocksalt()], num_inference_steps=3, generator=torch.Generator().manual_seed(0)
     )
-    assert out.symmetry_cases == ["tolerance/10"]
+    # Three steps of a tiny model leave the pair closer than 0.5 Å: the twin is refined again a rung lower
+    # (tolerance/100), still invalid, then without projection; the valid rock salt is not retried.
+    assert out.symmetry_cases == ["plain (retried)", "tolerance"]
     refined = out.structures[0]
     assert len(refined) == len(twin) and refined.composition == twin.composition
     assert np.isfinite(refined.frac_coords).all()
+    assert space_group(out.structures[1], 0.01) == 225
+
+
+def test_ladder_can_start_lower():
+    noisy = perturbed(perovskite())
+    assert symmetrize(noisy, 0.1, first="tolerance/10").case == "tolerance/10"
+    assert symmetrize(noisy, 0.1, first="plain").case == "plain"
+    batch = symmetrize_structures([noisy, noisy], 0.1, first=["tolerance", "tolerance/100"])
+    assert batch.cases == ["tolerance", "tolerance/100"]
+    # Atoms about 0.01 Å off their sites: Pm-3m at 0.1 Å, a lower group at 0.001 Å.
+    assert batch.operations[0].space_group == 221 and batch.operations[1].space_group != 221
+    with pytest.raises(ValueError, match="first"):
+        symmetrize(noisy, 0.1, first="tolerance/1000")
 
 
 def test_symmetry_tolerance_must_be_positive():
