@@ -16,6 +16,13 @@ time per structure relative to the plain flow's ("x plain"):
     python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --repeats 5 \
         --threads 1 --data samples.extxyz
 
+With symmetry, structures whose refined output is structurally invalid are refined again (a rung lower on the
+symmetry ladder), so the time depends on the weights: `--refiner ID` times a trained refiner (a folder or Hub id,
+e.g. the embedded hf-crystal/crystal-refiner-mp20-lora) instead of random weights of `--sizes`:
+
+    python benchmarks/bench_refiner.py --refiner hf-crystal/crystal-refiner-mp20-lora --steps 10 --batch-sizes 64 \
+        --symmetry none 0.1 --repeats 5 --threads 1 --data samples.extxyz
+
 A size is HIDDENxLAYERS[xEDGE[xFREQS]] (edge width, default HIDDEN // 2; Fourier frequencies, default the model's);
 "default" is the model's default configuration.
 
@@ -78,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--sizes", nargs="+", default=["default", "128x3", "128x4x64"])
+    parser.add_argument("--refiner", help="time this trained refiner (folder or Hub id) instead of --sizes")
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -103,12 +111,16 @@ def main() -> None:
     )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
-    for size in args.sizes:
-        model = CSPNetModel(**model_config(size)).eval()
+    for size in [args.refiner] if args.refiner else args.sizes:
+        if args.refiner:
+            pipe = CrystalRefinerPipeline.from_pretrained(args.refiner)
+            model = pipe.model
+        else:
+            model = CSPNetModel(**model_config(size)).eval()
+            pipe = CrystalRefinerPipeline(model=model, scheduler=CrystalFlowScheduler())
         config = model.config
         name = f"{config.hidden_dim}x{config.num_layers} edge {config.edge_dim} k {config.num_freqs}"
         params = sum(p.numel() for p in model.parameters())
-        pipe = CrystalRefinerPipeline(model=model, scheduler=CrystalFlowScheduler())
         pipe.set_progress_bar_config(disable=True)
         pipe(structures[:2], num_inference_steps=2)  # warm-up
         for steps in args.steps:

@@ -11,6 +11,7 @@ their atom maps give, the lattice metric over `W^T M W`. The cell and the atoms 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "crystal_system",
     "project_structure",
     "space_group",
+    "structurally_valid",
     "symmetrize",
     "symmetrize_structures",
     "symmetry_operations",
@@ -343,11 +345,54 @@ def _strain(metric: np.ndarray, projected: np.ndarray) -> float:
         return float("inf")
 
 
+# Integer shifts to the 27 cells around a pair's nearest image.
+_IMAGES = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))
+_ZERO_IMAGE = 13
+
+
+def _plane_spacing(matrix: np.ndarray) -> float:
+    """Smallest spacing of the cell's lattice planes (Å), one over the longest reciprocal vector: any fractional
+    vector with a component of at least `x` in size is at least `x` times it long."""
+    return float(1 / np.sqrt((np.linalg.inv(matrix) ** 2).sum(0)).max())
+
+
+def _nearby(matrix: np.ndarray, frac_coords: np.ndarray) -> tuple[float, float]:
+    """Shortest distance between two atoms and shortest non-zero lattice vector, searched over the 27 cells around
+    each pair's nearest image: exact where the first is at most 1.5 and the second at most 2 plane spacings."""
+    delta = frac_coords[None, :, :] - frac_coords[:, None, :]
+    delta -= np.round(delta)
+    n = len(frac_coords)
+    cart = (delta[:, :, None, :] + _IMAGES).reshape(-1, 3) @ matrix
+    squared = np.einsum("ij,ij->i", cart, cart).reshape(n, n, len(_IMAGES))
+    own = np.delete(squared[0, 0], _ZERO_IMAGE).min()  # an atom to its own images, the same for every atom
+    squared[np.diag_indices(n)] = np.inf
+    return float(np.sqrt(squared.min())), float(np.sqrt(own))
+
+
 def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
+    """Shortest distance between two atoms (pymatgen's `get_all_distances` where the 27 nearest cells might not
+    hold it)."""
     if len(frac_coords) < 2:
         return float("inf")
+    closest, _ = _nearby(lattice.matrix, frac_coords)
+    if closest <= 1.5 * _plane_spacing(lattice.matrix):
+        return closest
     distances = lattice.get_all_distances(frac_coords, frac_coords)
     return float(distances[np.triu_indices(len(frac_coords), 1)].min())
+
+
+def structurally_valid(structure: Structure) -> bool:
+    """CDVAE's structural validity as `hf_crystal.evaluation.validity.structure_validity` decides it (atoms and
+    an atom's own images at least 0.5 Å apart, a cell of at least 0.1 Å^3), over the 27 cells around each pair
+    where that is exact (cells at least 1/3 Å thick), else by that function."""
+    from hf_crystal.evaluation.validity import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE, structure_validity
+
+    matrix = structure.lattice.matrix
+    if not np.isfinite(matrix).all() or structure.volume < MIN_CELL_VOLUME:
+        return False
+    if 1.5 * _plane_spacing(matrix) < MIN_INTERATOMIC_DISTANCE:
+        return structure_validity(structure)
+    return min(_nearby(matrix, structure.frac_coords)) >= MIN_INTERATOMIC_DISTANCE
 
 
 def symmetrize(

@@ -170,14 +170,13 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         invalid (CDVAE: two atoms closer than 0.5 Å or a cell under 0.1 Å^3; mostly samples written with two atoms
         a few hundredths of an Å apart on special positions, which the constrained flow cannot always separate),
         until it is valid or was refined without projection. Updates `refined` and `cases` in place."""
-        from hf_crystal.evaluation.validity import structure_validity
-        from hf_crystal.symmetry import SYMMETRIZE_CASES, symmetrize_structures
+        from hf_crystal.symmetry import SYMMETRIZE_CASES, structurally_valid, symmetrize_structures
 
         def rung_below(case: str) -> str | None:
             rung = SYMMETRIZE_CASES.index(case.removesuffix(" (retried)"))
             return None if SYMMETRIZE_CASES[rung] == "plain" else SYMMETRIZE_CASES[rung + 1]
 
-        pending = [i for i, s in enumerate(refined) if rung_below(cases[i]) and not structure_validity(s)]
+        pending = [i for i, s in enumerate(refined) if rung_below(cases[i]) and not structurally_valid(s)]
         while pending:
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
@@ -188,7 +187,7 @@ class CrystalRefinerPipeline(DiffusionPipeline):
                 out = self._refine(batch, num_inference_steps, generator, symmetrized.projector)
                 for i, structure, case in zip(chunk, out, symmetrized.cases, strict=True):
                     refined[i], cases[i] = structure, f"{case} (retried)"
-            pending = [i for i in pending if rung_below(cases[i]) and not structure_validity(refined[i])]
+            pending = [i for i in pending if rung_below(cases[i]) and not structurally_valid(refined[i])]
 
     def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
         """Euler steps. With a `SymmetryProjector` `project`, the coordinate velocity is projected before each
