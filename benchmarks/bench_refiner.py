@@ -94,13 +94,14 @@ def main() -> None:
         "--symmetry", nargs="+", default=["none"], help='symmetry tolerances in Å, "none" for the plain flow'
     )
     parser.add_argument("--repeats", type=int, default=1, help="timings of each setting, interleaved")
+    parser.add_argument("--num", type=int, help="structures per timing (default: one batch)")
     args = parser.parse_args()
     tolerances = list(dict.fromkeys(None if t == "none" else float(t) for t in args.symmetry))
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    structures, source = load_structures(args.data, max(args.batch_sizes), args.seed)
+    structures, source = load_structures(args.data, args.num or max(args.batch_sizes), args.seed)
     sizes = np.array([len(s) for s in structures])
     print(f"structures: {source}; {len(structures)} with {sizes.mean():.1f} atoms on average")
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
@@ -125,7 +126,7 @@ def main() -> None:
         pipe(structures[:2], num_inference_steps=2)  # warm-up
         for steps in args.steps:
             for batch_size in args.batch_sizes:
-                chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
+                chunk = structures[: args.num or (batch_size if batch_size > 1 else SINGLE_STRUCTURES)]
                 rates = {tolerance: [] for tolerance in tolerances}
                 for _ in range(args.repeats):
                     for tolerance in tolerances:

@@ -166,28 +166,33 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         batch_size: int,
         generator: torch.Generator | None,
     ) -> None:
-        """Refine again, one rung down the symmetry ladder, each projected structure whose output is structurally
-        invalid (CDVAE: two atoms closer than 0.5 Å or a cell under 0.1 Å^3; mostly samples written with two atoms
-        a few hundredths of an Å apart on special positions, which the constrained flow cannot always separate),
-        until it is valid or was refined without projection. Updates `refined` and `cases` in place."""
+        """Refine again each projected structure whose output is structurally invalid (CDVAE: two atoms closer
+        than 0.5 Å or a cell under 0.1 Å^3; mostly samples written with two atoms a few hundredths of an Å apart on
+        special positions, which the constrained flow cannot always separate) at every rung of the symmetry ladder
+        below its own, all in one flow, and keep the highest rung whose output is valid (else the plain flow's).
+        Updates `refined` and `cases` in place."""
         from hf_crystal.symmetry import SYMMETRIZE_CASES, structurally_valid, symmetrize_structures
 
-        def rung_below(case: str) -> str | None:
-            rung = SYMMETRIZE_CASES.index(case.removesuffix(" (retried)"))
-            return None if SYMMETRIZE_CASES[rung] == "plain" else SYMMETRIZE_CASES[rung + 1]
-
-        pending = [i for i, s in enumerate(refined) if rung_below(cases[i]) and not structurally_valid(s)]
-        while pending:
-            for start in range(0, len(pending), batch_size):
-                chunk = pending[start : start + batch_size]
-                symmetrized = symmetrize_structures(
-                    [reduced[i] for i in chunk], tolerance, first=[rung_below(cases[i]) for i in chunk]
-                )
-                batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
-                out = self._refine(batch, num_inference_steps, generator, symmetrized.projector)
-                for i, structure, case in zip(chunk, out, symmetrized.cases, strict=True):
+        pending = [i for i, s in enumerate(refined) if cases[i] != "plain" and not structurally_valid(s)]
+        jobs = [
+            (i, rung) for i in pending for rung in SYMMETRIZE_CASES[SYMMETRIZE_CASES.index(cases[i]) + 1 :]
+        ]
+        retried = {}  # (structure, case it ended in) -> refined output; a rung that fell to a lower one repeats it
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            symmetrized = symmetrize_structures(
+                [reduced[i] for i, _ in chunk], tolerance, first=[rung for _, rung in chunk]
+            )
+            batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
+            out = self._refine(batch, num_inference_steps, generator, symmetrized.projector)
+            for (i, _), structure, case in zip(chunk, out, symmetrized.cases, strict=True):
+                retried.setdefault((i, case), structure)
+        for i in pending:
+            for case in SYMMETRIZE_CASES[SYMMETRIZE_CASES.index(cases[i]) + 1 :]:
+                structure = retried.get((i, case))
+                if structure is not None and (case == "plain" or structurally_valid(structure)):
                     refined[i], cases[i] = structure, f"{case} (retried)"
-            pending = [i for i in pending if rung_below(cases[i]) and not structurally_valid(refined[i])]
+                    break
 
     def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
         """Euler steps. With a `SymmetryProjector` `project`, the coordinate velocity is projected before each
