@@ -14,6 +14,7 @@ from hf_crystal.symmetry import (
     crystal_system,
     project_structure,
     space_group,
+    structurally_valid,
     symmetrize,
     symmetrize_structures,
     symmetry_operations,
@@ -177,6 +178,38 @@ def test_symmetrize_ladder():
     assert result.case == "plain" and result.operations is None and result.structure is on_top
 
 
+def test_structurally_valid_decides_as_the_evaluation():
+    from hf_crystal.evaluation.validity import structure_validity
+
+    nacl = rocksalt()
+    cubic = Lattice.cubic(5.0)
+    cases = {
+        "rock salt": (nacl, True),
+        "two Na 0.05 Å apart": (
+            Structure(nacl.lattice, ["Na", *nacl.species], [[0.5 + 0.05 / 5.64, 0.5, 0], *nacl.frac_coords]),
+            False,
+        ),
+        "a pair 0.1 Å apart across the cell's face": (
+            Structure(cubic, ["Li", "O"], [[0.01, 0, 0], [0.99, 0, 0]]),
+            False,
+        ),
+        "an atom 0.45 Å from its own image": (
+            Structure(Lattice.tetragonal(5.0, 0.45), ["Li"], [[0, 0, 0]]),
+            False,
+        ),
+        "a skewed cell, pair 0.6 Å apart": (
+            Structure(Lattice.from_parameters(3, 3, 8, 90, 90, 150), ["Li", "O"], [[0, 0, 0], [0, 0, 0.075]]),
+            True,
+        ),
+        "a cell 0.3 Å thick (checked by the evaluation's search)": (
+            Structure(Lattice.from_parameters(4, 4, 0.3, 90, 90, 90), ["Li"], [[0, 0, 0]]),
+            False,
+        ),
+    }
+    for name, (structure, valid) in cases.items():
+        assert structurally_valid(structure) == structure_validity(structure) == valid, name
+
+
 def test_last_projection_restores_a_clamped_lattice():
     """Primitive rock salt has angles of 60°, at the edge of the refiner's angle interval (59.9°, 120.1°): a flow
     that leaves the interval is clamped and only nearly symmetric; the batch's last projection makes it exact."""
@@ -246,6 +279,10 @@ def test_close_atoms_are_kept():
     # Three steps of a tiny model leave the pair closer than 0.5 Å: the twin is refined again a rung lower
     # (tolerance/100), still invalid, then without projection; the valid rock salt is not retried.
     assert out.symmetry_cases == ["plain (retried)", "tolerance"]
+    from hf_crystal.commands.refine import case_counts
+
+    assert "tolerance: 1, " in case_counts(out.symmetry_cases)
+    assert case_counts(out.symmetry_cases).endswith("plain (retried): 1")
     refined = out.structures[0]
     assert len(refined) == len(twin) and refined.composition == twin.composition
     assert np.isfinite(refined.frac_coords).all()
