@@ -139,7 +139,14 @@ def symmetry_operations(
     Raises:
         SymmetryError: spglib finds no group, or an operation's map is not such a permutation.
     """
-    lattice, frac, numbers = _spglib_cell(structure)
+    return _operations(_spglib_cell(structure), symprec, angle_tolerance)
+
+
+def _operations(
+    cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float, angle_tolerance: float = ANGLE_TOLERANCE
+) -> SymmetryOperations:
+    """`symmetry_operations` of a structure's spglib cell (`_spglib_cell`)."""
+    lattice, frac, numbers = cell
     try:
         dataset = spglib.get_symmetry_dataset(
             (lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance
@@ -153,7 +160,8 @@ def symmetry_operations(
     images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
     delta = images[:, :, None, :] - frac[None, None, :, :]  # (k, n, n, 3): image of i minus atom j
     delta -= np.round(delta)
-    distance = np.linalg.norm(delta @ lattice, axis=-1)
+    cart = delta.reshape(-1, 3) @ lattice
+    distance = np.einsum("ij,ij->i", cart, cart).reshape(delta.shape[:-1])  # squared, enough to compare
     distance[:, numbers[:, None] != numbers[None, :]] = np.inf
     atom_map = distance.argmin(axis=-1)
     bad = (np.sort(atom_map, axis=1) != np.arange(len(frac))).any(axis=1)
@@ -410,9 +418,10 @@ def symmetrize(
         raise ValueError(f"first must be one of {SYMMETRIZE_CASES}, got {first!r}")
     rungs = list(zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False))
     closest = None  # the input's closest pair, computed once a projection needs it
+    cell = _spglib_cell(structure)
     for case, tol in rungs[SYMMETRIZE_CASES.index(first) :]:
         try:
-            operations = symmetry_operations(structure, tol)
+            operations = _operations(cell, tol)
         except SymmetryError:
             continue
         coords, metric = _project(structure, operations)
