@@ -60,6 +60,8 @@ SYMMETRIZE_CASES = ("tolerance", "tolerance/10", "tolerance/100", "plain")
 # rung of the ladder below it at which it was refined again (its output is invalid once more only in the last).
 RETRIED_CASES = ("tolerance/10 (retried)", "tolerance/100 (retried)", "plain (retried)")
 REFINE_CASES = SYMMETRIZE_CASES + RETRIED_CASES
+# Image-atom pairs compared at once when mapping atoms (bounds the memory of a supercell's thousands of operations).
+_ATOM_MAP_CHUNK = 1 << 18
 # Closer than this (Å), two atoms make a structure invalid (CDVAE's structural validity).
 MIN_DISTANCE = 0.5
 
@@ -158,12 +160,17 @@ def _operations(
     rotations = np.asarray(dataset.rotations, dtype=int)
     translations = np.asarray(dataset.translations, dtype=float)
     images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
-    delta = images[:, :, None, :] - frac[None, None, :, :]  # (k, n, n, 3): image of i minus atom j
-    delta -= np.round(delta)
-    cart = delta.reshape(-1, 3) @ lattice
-    distance = np.einsum("ij,ij->i", cart, cart).reshape(delta.shape[:-1])  # squared, enough to compare
-    distance[:, numbers[:, None] != numbers[None, :]] = np.inf
-    atom_map = distance.argmin(axis=-1)
+    other_species = numbers[:, None] != numbers[None, :]
+    atom_map = np.empty((len(rotations), len(frac)), dtype=int)
+    step = max(1, _ATOM_MAP_CHUNK // len(frac) ** 2)  # operations at a time (a supercell can have thousands)
+    for start in range(0, len(rotations), step):
+        delta = images[start : start + step, :, None, :] - frac[None, None, :, :]  # image of i minus atom j
+        delta -= np.round(delta)
+        # einsum, not `@`: a BLAS product of a tall (N, 3) matrix can stall in OpenBLAS's threads on a busy CPU.
+        cart = np.einsum("...a,ab->...b", delta, lattice)
+        distance = np.einsum("...a,...a->...", cart, cart)  # squared, enough to compare
+        distance[:, other_species] = np.inf
+        atom_map[start : start + step] = distance.argmin(axis=-1)
     bad = (np.sort(atom_map, axis=1) != np.arange(len(frac))).any(axis=1)
     if bad.any():
         raise SymmetryError(
@@ -370,8 +377,10 @@ def _nearby(matrix: np.ndarray, frac_coords: np.ndarray) -> tuple[float, float]:
     delta = frac_coords[None, :, :] - frac_coords[:, None, :]
     delta -= np.round(delta)
     n = len(frac_coords)
-    cart = (delta[:, :, None, :] + _IMAGES).reshape(-1, 3) @ matrix
-    squared = np.einsum("ij,ij->i", cart, cart).reshape(n, n, len(_IMAGES))
+    cart = np.einsum(
+        "...a,ab->...b", delta[:, :, None, :] + _IMAGES, matrix
+    )  # (n, n, 27, 3); see _operations
+    squared = np.einsum("...a,...a->...", cart, cart)
     own = np.delete(squared[0, 0], _ZERO_IMAGE).min()  # an atom to its own images, the same for every atom
     squared[np.diag_indices(n)] = np.inf
     return float(np.sqrt(squared.min())), float(np.sqrt(own))
