@@ -41,7 +41,7 @@ class CrystalRefinerPipelineOutput(BaseOutput):
         symmetry_cases (`list[str]`, *optional*): With a symmetry tolerance, how each input was symmetrized
             (`hf_crystal.symmetry.REFINE_CASES`: its operations found at the tolerance, a tenth or a hundredth
             of it, or "plain": not found, refined without projection; "... (retried)": its first output was
-            structurally invalid and it was refined again a rung lower).
+            structurally invalid and this is the highest rung below at which it came out valid, or "plain").
     """
 
     structures: list[Structure]
@@ -112,8 +112,9 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
         hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A projected
         structure whose output is structurally invalid (two atoms closer than 0.5 Å, or a cell under 0.1 Å^3) is
-        refined again one rung lower (a tenth of the tolerance, a hundredth, then without projection) until its
-        output is valid: symmetry is kept where it does not cost validity. A refiner from the uniform base ignores
+        refined again at every rung of the ladder below its own (a tenth of the tolerance, a hundredth, without
+        projection; all in one flow after the batches) and keeps the highest whose output is valid: symmetry is
+        kept where it does not cost validity. A refiner from the uniform base ignores
         `symmetry_tolerance`: it uses only the atoms of the structures, not their positions.
         """
         if batch_size < 1:
