@@ -9,7 +9,19 @@ random structures of 4-20 atoms. Throughput does not depend on training, so the 
     python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --threads 1
 
 `--symmetry` times the plain flow ("none") and the symmetry-preserving one at the given tolerances (Å) in one run
-(finding the operations, the projection and the projected steps; `hf_crystal.symmetry`).
+(finding the operations, the projection and the projected steps; `hf_crystal.symmetry`). `--repeats N` times each
+setting N times, interleaved (plain, symmetric, plain, ...), and reports the median rate, every rate, and the median
+time per structure relative to the plain flow's ("x plain"):
+
+    python benchmarks/bench_refiner.py --sizes default --steps 10 --batch-sizes 64 --symmetry none 0.1 --repeats 5 \
+        --threads 1 --data samples.extxyz
+
+With symmetry, structures whose refined output is structurally invalid are refined again (a rung lower on the
+symmetry ladder), so the time depends on the weights: `--refiner ID` times a trained refiner (a folder or Hub id,
+e.g. the embedded hf-crystal/crystal-refiner-mp20-lora) instead of random weights of `--sizes`:
+
+    python benchmarks/bench_refiner.py --refiner hf-crystal/crystal-refiner-mp20-lora --steps 10 --batch-sizes 64 \
+        --symmetry none 0.1 --repeats 5 --threads 1 --data samples.extxyz
 
 A size is HIDDENxLAYERS[xEDGE[xFREQS]] (edge width, default HIDDEN // 2; Fourier frequencies, default the model's);
 "default" is the model's default configuration.
@@ -73,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--sizes", nargs="+", default=["default", "128x3", "128x4x64"])
+    parser.add_argument("--refiner", help="time this trained refiner (folder or Hub id) instead of --sizes")
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -80,40 +93,58 @@ def main() -> None:
     parser.add_argument(
         "--symmetry", nargs="+", default=["none"], help='symmetry tolerances in Å, "none" for the plain flow'
     )
+    parser.add_argument("--repeats", type=int, default=1, help="timings of each setting, interleaved")
+    parser.add_argument("--num", type=int, help="structures per timing (default: one batch)")
     args = parser.parse_args()
-    tolerances = [None if t == "none" else float(t) for t in args.symmetry]
+    tolerances = list(dict.fromkeys(None if t == "none" else float(t) for t in args.symmetry))
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    structures, source = load_structures(args.data, max(args.batch_sizes), args.seed)
+    structures, source = load_structures(args.data, args.num or max(args.batch_sizes), args.seed)
     sizes = np.array([len(s) for s in structures])
     print(f"structures: {source}; {len(structures)} with {sizes.mean():.1f} atoms on average")
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
 
-    header = f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'symmetry':>8} | {'structures/s':>12} |"
+    header = (
+        f"| {'model':<26} | {'params':>8} | {'steps':>5} | {'batch':>5} | {'symmetry':>8} | {'structures/s':>12} "
+        f"| {'x plain':>7} | every run (structures/s) |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
-    for size in args.sizes:
-        model = CSPNetModel(**model_config(size)).eval()
+    for size in [args.refiner] if args.refiner else args.sizes:
+        if args.refiner:
+            pipe = CrystalRefinerPipeline.from_pretrained(args.refiner)
+            model = pipe.model
+        else:
+            model = CSPNetModel(**model_config(size)).eval()
+            pipe = CrystalRefinerPipeline(model=model, scheduler=CrystalFlowScheduler())
         config = model.config
         name = f"{config.hidden_dim}x{config.num_layers} edge {config.edge_dim} k {config.num_freqs}"
         params = sum(p.numel() for p in model.parameters())
-        pipe = CrystalRefinerPipeline(model=model, scheduler=CrystalFlowScheduler())
         pipe.set_progress_bar_config(disable=True)
         pipe(structures[:2], num_inference_steps=2)  # warm-up
         for steps in args.steps:
             for batch_size in args.batch_sizes:
-                for tolerance in tolerances:
-                    chunk = structures[: batch_size if batch_size > 1 else SINGLE_STRUCTURES]
-                    start = time.perf_counter()
-                    pipe(
-                        chunk, num_inference_steps=steps, batch_size=batch_size, symmetry_tolerance=tolerance
-                    )
-                    rate = len(chunk) / (time.perf_counter() - start)
+                chunk = structures[: args.num or (batch_size if batch_size > 1 else SINGLE_STRUCTURES)]
+                rates = {tolerance: [] for tolerance in tolerances}
+                for _ in range(args.repeats):
+                    for tolerance in tolerances:
+                        start = time.perf_counter()
+                        pipe(
+                            chunk,
+                            num_inference_steps=steps,
+                            batch_size=batch_size,
+                            symmetry_tolerance=tolerance,
+                        )
+                        rates[tolerance].append(len(chunk) / (time.perf_counter() - start))
+                for tolerance, runs in rates.items():
+                    rate = float(np.median(runs))
+                    ratio = f"{np.median(rates[None]) / rate:.2f}" if None in rates else "-"
+                    every = ", ".join(f"{r:.1f}" for r in runs)
                     print(
                         f"| {name:<26} | {params:>8} | {steps:>5} | {batch_size:>5} | {str(tolerance):>8} "
-                        f"| {rate:>12.1f} |",
+                        f"| {rate:>12.1f} | {ratio:>7} | {every} |",
                         flush=True,
                     )
     print(f"load average at end: {os.getloadavg()}")

@@ -7,22 +7,39 @@ keep it or gain a larger one: every rotation spglib finds on the sample's Niggli
 refiner integrates and returns) is found on the refined structure, which has at least as many operations.
 
     python benchmarks/refiner_symmetry.py samples.llm.extxyz refined_plain.extxyz refined_symmetric.extxyz
+
+Rates come with their 95% Wilson intervals. For samples generated with space-group conditions
+(`hf-crystal generate --conditions-file ... --out samples.jsonl`), `--requested samples.jsonl` adds the share of
+each set whose space group (at `--symprec`) is the one its sample was asked for:
+
+    python benchmarks/refiner_symmetry.py samples.jsonl refined_plain.extxyz refined_symmetric.extxyz \
+        --requested samples.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_crystal.evaluation.symmetry import group_metrics
+from hf_crystal.evaluation.rates import wilson_interval
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.refiner import CrystalBatch
 from hf_crystal.structure_io import read_structures
-from hf_crystal.symmetry import SymmetryError, space_group, symmetry_operations
+from hf_crystal.symmetry import (
+    CRYSTAL_SYSTEMS,
+    SymmetryError,
+    crystal_system,
+    space_group,
+    symmetry_operations,
+)
+
+# Tetragonal, trigonal, hexagonal, cubic: "tetragonal or higher" (as `hf_crystal.evaluation.symmetry`).
+HIGH = CRYSTAL_SYSTEMS[3:]
 
 
 def rotations(structure, symprec: float) -> tuple[set[bytes], int] | None:
@@ -34,11 +51,33 @@ def rotations(structure, symprec: float) -> tuple[set[bytes], int] | None:
     return {r.astype(np.int8).tobytes() for r in ops.rotations}, len(ops.rotations)
 
 
+def rate(flags: list[bool]) -> str:
+    """'0.584 [0.540, 0.627] (292/500)': share with its 95% Wilson interval."""
+    low, high = wilson_interval(sum(flags), len(flags))
+    return f"{np.mean(flags):.3f} [{low:.3f}, {high:.3f}] ({sum(flags)}/{len(flags)})"
+
+
+def requested_groups(path: str) -> dict[str, int]:
+    """Space group each sample of a `generate --conditions-file` output (.jsonl) was asked for, by id."""
+    requested = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            conditions = row.get("conditions") or {}
+            conditions = json.loads(conditions) if isinstance(conditions, str) else conditions
+            if "spacegroup" in conditions:
+                requested[row["material_id"]] = int(conditions["spacegroup"])
+    return requested
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("llm", help="the LLM's samples")
     parser.add_argument("refined", nargs="+", help="refined versions of them (same ids, same order)")
     parser.add_argument("--symprec", type=float, default=0.1)
+    parser.add_argument(
+        "--requested", help="generate --conditions-file output (.jsonl): space-group hit column"
+    )
     args = parser.parse_args()
 
     ids, llm, _ = read_structures(args.llm)
@@ -46,9 +85,11 @@ def main() -> None:
     reduced = CrystalBatch.from_structures(llm, dtype=torch.float64).to_structures()
     before = [rotations(s, args.symprec) for s in tqdm(reduced, desc="operations: LLM")]
     groups = [space_group(s, args.symprec) for s in llm]
+    requested = requested_groups(args.requested) if args.requested else None
     header = (
         "| structures | N | P1 | undetermined | P1 or undet. | tetragonal+ | groups | struct. valid | comp. valid "
         "| kept group (of found) | kept group (of found, not P1) |"
+        + (" space-group hit |" if requested else "")
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -66,19 +107,22 @@ def main() -> None:
         kept_non_p1 = [k for k, b in zip(kept, [b for b in before if b is not None], strict=True) if b[1] > 1]
         rows.append((path, refined, [space_group(s, args.symprec) for s in refined], (kept, kept_non_p1)))
     for path, structures, found, kept in rows:
-        m = group_metrics(found, [], args.symprec)
-        tag = f"_sp{args.symprec:g}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flags = [validity_flags(s) for s in structures]
-        kept_cells = ["", ""] if kept is None else [f"{np.mean(k):.3f} ({sum(k)}/{len(k)})" for k in kept]
-        print(
-            f"| {path} | {len(structures)} | {m['p1_rate' + tag]:.3f} | {m['undetermined_rate' + tag]:.3f} "
-            f"| {m['p1_or_undetermined_rate' + tag]:.3f} | {m['tetragonal_or_higher_rate' + tag]:.3f} "
-            f"| {m['n_space_groups' + tag]} | {np.mean([f['struct_valid'] for f in flags]):.3f} "
-            f"| {np.mean([f['comp_valid'] for f in flags]):.3f} | {kept_cells[0]} | {kept_cells[1]} |",
-            flush=True,
-        )
+        cells = [
+            rate([g == 1 for g in found]),
+            rate([g is None for g in found]),
+            rate([g in (1, None) for g in found]),
+            rate([g is not None and crystal_system(g) in HIGH for g in found]),
+            str(len({g for g in found if g is not None})),
+            rate([f["struct_valid"] for f in flags]),
+            f"{np.mean([f['comp_valid'] for f in flags]):.3f}",
+            *(["", ""] if kept is None else [rate(k) for k in kept]),
+        ]
+        if requested:
+            cells.append(rate([requested[i] == g for i, g in zip(ids, found, strict=True) if i in requested]))
+        print(f"| {path} | {len(structures)} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

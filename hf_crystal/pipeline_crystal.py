@@ -81,7 +81,7 @@ class CrystalGenerationPipeline(Pipeline):
             refiner's own default).
         symmetry_tolerance: the refiner keeps each sample's space group found at this tolerance (Å; default
             the refiner's, 0.1; None turns it off); each sample says how in `refine_symmetry`
-            (`hf_crystal.symmetry.SYMMETRIZE_CASES`).
+            (`hf_crystal.symmetry.REFINE_CASES`).
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.

@@ -11,20 +11,20 @@ their atom maps give, the lattice metric over `W^T M W`. The cell and the atoms 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import spglib
 import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from pymatgen.symmetry.groups import SpaceGroup
+from spglib.error import SpglibError
 
 from hf_crystal.refiner.manifold import (
-    ANGLE_MARGIN,
-    ANGLE_MAX,
-    ANGLE_MIN,
     lattice_to_unconstrained,
     torus_displacement,
     unconstrained_to_lattice,
@@ -33,6 +33,8 @@ from hf_crystal.refiner.manifold import (
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
+    "REFINE_CASES",
+    "RETRIED_CASES",
     "SYMMETRIZE_CASES",
     "SymmetrizedBatch",
     "SymmetryError",
@@ -42,6 +44,7 @@ __all__ = [
     "operations_in_cell",
     "project_structure",
     "space_group",
+    "structurally_valid",
     "symmetrize",
     "symmetrize_structures",
     "symmetry_operations",
@@ -53,6 +56,13 @@ CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "tri
 # How `symmetrize` ended: operations found and kept at the tolerance, at a tenth of it, at a hundredth, or not at
 # all (the structure is left as it is and the flow runs without a projection).
 SYMMETRIZE_CASES = ("tolerance", "tolerance/10", "tolerance/100", "plain")
+# How the symmetry-preserving refiner ended (`CrystalRefinerPipeline`): a `SYMMETRIZE_CASES` case, or, for a
+# structure whose refined output was structurally invalid (two atoms closer than 0.5 Å or a cell under 0.1 Å^3), the
+# rung of the ladder below it at which it was refined again (its output is invalid once more only in the last).
+RETRIED_CASES = ("tolerance/10 (retried)", "tolerance/100 (retried)", "plain (retried)")
+REFINE_CASES = SYMMETRIZE_CASES + RETRIED_CASES
+# Image-atom pairs compared at once when mapping atoms (bounds the memory of a supercell's thousands of operations).
+_ATOM_MAP_CHUNK = 1 << 18
 # Closer than this (Å), two atoms make a structure invalid (CDVAE's structural validity).
 MIN_DISTANCE = 0.5
 
@@ -99,10 +109,24 @@ class SymmetryOperations:
     atom_map: np.ndarray
     space_group: int
 
+    @functools.cached_property
+    def inverse_rotations(self) -> np.ndarray:
+        """`W_g^-1` `(k, 3, 3)`: integer matrices of determinant +-1, as floats."""
+        return np.linalg.inv(self.rotations).round()
+
     @classmethod
     def identity(cls, n_atoms: int) -> SymmetryOperations:
         """Only the identity (the projection then changes nothing)."""
         return cls(np.eye(3, dtype=int)[None], np.zeros((1, 3)), np.arange(n_atoms)[None], 1)
+
+
+def _spglib_cell(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """spglib's cell of `structure`: lattice, fractional coordinates and one number per species, numbered in order
+    of first appearance as `SpacegroupAnalyzer` numbers them (magnetic moments are not passed: the refiner's
+    structures carry none)."""
+    labels: dict = {}
+    numbers = np.array([labels.setdefault(species, len(labels) + 1) for species in structure.species])
+    return structure.lattice.matrix, structure.frac_coords, numbers
 
 
 def symmetry_operations(
@@ -112,18 +136,29 @@ def symmetry_operations(
 
     spglib gives operations, not the atom map: atom i goes to the atom of its species nearest to its image. The
     map is checked to be a permutation (how far the images lie is left to `symmetrize`, which bounds how far the
-    projection moves the atoms: spglib's own tolerance is not a bound on each image's distance).
+    projection moves the atoms: spglib's own tolerance is not a bound on each image's distance). spglib is called
+    directly (the same call and cell as `SpacegroupAnalyzer`, without its per-site bookkeeping).
 
     Raises:
         SymmetryError: spglib finds no group, or an operation's map is not such a permutation.
     """
+    return _operations(_spglib_cell(structure), symprec, angle_tolerance)
+
+
+def _operations(
+    cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float, angle_tolerance: float = ANGLE_TOLERANCE
+) -> SymmetryOperations:
+    """`symmetry_operations` of a structure's spglib cell (`_spglib_cell`)."""
+    lattice, frac, numbers = cell
     try:
-        dataset = SpacegroupAnalyzer(
-            structure, symprec=symprec, angle_tolerance=angle_tolerance
-        ).get_symmetry_dataset()
-    except ValueError as exc:
+        dataset = spglib.get_symmetry_dataset(
+            (lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance
+        )
+    except SpglibError as exc:
         raise SymmetryError(f"spglib finds no space group at symprec {symprec}: {exc}") from exc
-    return operations_in_cell(structure, dataset.rotations, dataset.translations, int(dataset.number))
+    if dataset is None:
+        raise SymmetryError(f"spglib finds no space group at symprec {symprec}")
+    return _with_atom_map(cell, dataset.rotations, dataset.translations, int(dataset.number))
 
 
 def operations_in_cell(
@@ -135,22 +170,36 @@ def operations_in_cell(
     Raises:
         SymmetryError: an operation's map is not a species-keeping permutation.
     """
+    return _with_atom_map(_spglib_cell(structure), rotations, translations, number)
+
+
+def _with_atom_map(
+    cell: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    number: int,
+) -> SymmetryOperations:
+    lattice, frac, numbers = cell
     rotations = np.asarray(rotations, dtype=int)
     translations = np.asarray(translations, dtype=float)
-    frac = structure.frac_coords
-    species = np.array([site.specie.Z for site in structure])
     images = np.einsum("gab,nb->gna", rotations, frac) + translations[:, None, :]  # (k, n, 3)
-    delta = images[:, :, None, :] - frac[None, None, :, :]  # (k, n, n, 3): image of i minus atom j
-    delta -= np.round(delta)
-    distance = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
-    distance[:, species[:, None] != species[None, :]] = np.inf
-    atom_map = distance.argmin(axis=-1)
-    for g, row in enumerate(atom_map):
-        if len(set(row.tolist())) != len(row):
-            raise SymmetryError(
-                f"operation {g} of space group {number} does not map the atoms onto atoms of the same species "
-                "one to one"
-            )
+    other_species = numbers[:, None] != numbers[None, :]
+    atom_map = np.empty((len(rotations), len(frac)), dtype=int)
+    step = max(1, _ATOM_MAP_CHUNK // len(frac) ** 2)  # operations at a time (a supercell can have thousands)
+    for start in range(0, len(rotations), step):
+        delta = images[start : start + step, :, None, :] - frac[None, None, :, :]  # image of i minus atom j
+        delta -= np.round(delta)
+        # einsum, not `@`: a BLAS product of a tall (N, 3) matrix can stall in OpenBLAS's threads on a busy CPU.
+        cart = np.einsum("...a,ab->...b", delta, lattice)
+        distance = np.einsum("...a,...a->...", cart, cart)  # squared, enough to compare
+        distance[:, other_species] = np.inf
+        atom_map[start : start + step] = distance.argmin(axis=-1)
+    bad = (np.sort(atom_map, axis=1) != np.arange(len(frac))).any(axis=1)
+    if bad.any():
+        raise SymmetryError(
+            f"operation {int(bad.argmax())} of space group {number} does not map the atoms onto atoms of the same "
+            "species one to one"
+        )
     return SymmetryOperations(rotations, translations, atom_map, number)
 
 
@@ -183,7 +232,7 @@ class SymmetryProjector:
                 )
             k = len(ops.rotations)
             n_ops[c] = k
-            inv = np.linalg.inv(ops.rotations).round()  # integer matrices of determinant +-1
+            inv = ops.inverse_rotations
             atom.append(np.tile(np.arange(n), k) + offsets[c])
             source.append(ops.atom_map.reshape(-1) + offsets[c])
             inverse.append(np.repeat(inv, n, axis=0))
@@ -199,6 +248,7 @@ class SymmetryProjector:
         self._rotation = torch.as_tensor(np.concatenate(rotation or [empty3]), dtype=torch.float64)
         self._ops_per_crystal = torch.as_tensor(n_ops, dtype=torch.float64)
         self._ops_per_atom = torch.as_tensor(np.repeat(n_ops, num_atoms), dtype=torch.float64)
+        self._symmetric = torch.as_tensor([ops is not None for ops in operations], dtype=torch.bool)
 
     def project_coords(self, frac_coords: torch.Tensor) -> torch.Tensor:
         """Fractional coordinates `(N, 3)` averaged over the operations, wrapped into [0, 1)."""
@@ -226,57 +276,86 @@ class SymmetryProjector:
 
     def project_lattice(self, lattice: torch.Tensor) -> torch.Tensor:
         """Unconstrained lattice parameters `(B, 6)` whose metric is averaged over the operations."""
-        dev = lattice.device
-        metric = _metric(unconstrained_to_lattice(lattice.double()))
+        params = self.project_parameters(unconstrained_to_lattice(lattice.double()))
+        return lattice_to_unconstrained(params).to(lattice.dtype)
+
+    def project_parameters(self, params: torch.Tensor) -> torch.Tensor:
+        """Lattice parameters `(B, 6)` (Å, degrees) whose metric is averaged over the operations (not limited to
+        the refiner's angle interval)."""
+        dev = params.device
+        metric = _metric(params.double())
         w = self._rotation.to(dev)
         transformed = w.transpose(1, 2) @ metric[self._op_crystal.to(dev)] @ w
         metric = torch.zeros_like(metric).index_add_(0, self._op_crystal.to(dev), transformed)
         metric = metric / self._ops_per_crystal.to(dev)[:, None, None]
-        return lattice_to_unconstrained(_parameters(metric)).to(lattice.dtype)
+        return _parameters(metric).to(params.dtype)
 
     def __call__(self, frac_coords: torch.Tensor, lattice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both projections: (fractional coordinates `(N, 3)`, unconstrained lattice `(B, 6)`)."""
         return self.project_coords(frac_coords), self.project_lattice(lattice)
 
+    def project_end(
+        self, frac_coords: torch.Tensor, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last projection of a flow, in float64: fractional coordinates `(N, 3)` and lattice parameters
+        `(B, 6)` (Å, degrees, not limited to the refiner's angle interval); crystals without operations are
+        returned as they are."""
+        projected = self.project_parameters(params.double())
+        symmetric = self._symmetric.to(params.device)[:, None]
+        return self.project_coords(frac_coords.double()), torch.where(symmetric, projected, params.double())
 
-def _metric(params: torch.Tensor) -> torch.Tensor:
-    """Metric tensors `(B, 3, 3)` from lattice parameters `(B, 6)` (Å, degrees)."""
-    lengths, cosines = params[:, :3], torch.cos(torch.deg2rad(params[:, 3:]))
-    a, b, c = lengths.unbind(-1)
-    ca, cb, cg = cosines.unbind(-1)
+
+def _metric(params):
+    """Metric tensors `(B, 3, 3)` from lattice parameters `(B, 6)` (Å, degrees); numpy or torch."""
+    xp = torch if isinstance(params, torch.Tensor) else np
+    a, b, c = params[:, 0], params[:, 1], params[:, 2]
+    cosines = xp.cos(xp.deg2rad(params[:, 3:]))
+    ca, cb, cg = cosines[:, 0], cosines[:, 1], cosines[:, 2]
     rows = [
-        torch.stack([a * a, a * b * cg, a * c * cb], -1),
-        torch.stack([a * b * cg, b * b, b * c * ca], -1),
-        torch.stack([a * c * cb, b * c * ca, c * c], -1),
+        xp.stack([a * a, a * b * cg, a * c * cb], -1),
+        xp.stack([a * b * cg, b * b, b * c * ca], -1),
+        xp.stack([a * c * cb, b * c * ca, c * c], -1),
     ]
-    return torch.stack(rows, -2)
+    return xp.stack(rows, -2)
 
 
-def _parameters(metric: torch.Tensor) -> torch.Tensor:
-    """Lattice parameters `(B, 6)` (Å, degrees) of metric tensors `(B, 3, 3)`."""
-    lengths = metric.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
-    a, b, c = lengths.unbind(-1)
-    cosines = torch.stack(
-        [metric[:, 1, 2] / (b * c), metric[:, 0, 2] / (a * c), metric[:, 0, 1] / (a * b)], -1
-    )
-    return torch.cat([lengths, torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))], -1)
+def _parameters(metric):
+    """Lattice parameters `(B, 6)` (Å, degrees) of metric tensors `(B, 3, 3)`; numpy or torch."""
+    xp = torch if isinstance(metric, torch.Tensor) else np
+    a, b, c = (xp.sqrt(xp.clip(metric[:, i, i], 0, None)) for i in range(3))
+    cosines = [metric[:, 1, 2] / (b * c), metric[:, 0, 2] / (a * c), metric[:, 0, 1] / (a * b)]
+    angles = [xp.rad2deg(xp.arccos(xp.clip(cosine, -1, 1))) for cosine in cosines]
+    return xp.stack([a, b, c, *angles], -1)
 
 
-def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, Lattice]:
-    """Projected fractional coordinates and lattice of `structure`."""
-    projector = SymmetryProjector([operations], [len(structure)])
-    coords = projector.project_coords(torch.as_tensor(structure.frac_coords, dtype=torch.float64))
-    params = torch.tensor([[*structure.lattice.abc, *structure.lattice.angles]], dtype=torch.float64)
-    w = torch.as_tensor(operations.rotations, dtype=torch.float64)
-    metric = (w.transpose(1, 2) @ _metric(params) @ w).mean(0, keepdim=True)
-    return coords.numpy(), Lattice.from_parameters(*_parameters(metric)[0].tolist())
+def _wrap(x: np.ndarray) -> np.ndarray:
+    """`manifold.wrap` for numpy arrays: `x` mod 1 in [0, 1)."""
+    y = np.remainder(x, 1.0)
+    return np.where(y >= 1.0, 0.0, y)
+
+
+def _project(structure: Structure, operations: SymmetryOperations) -> tuple[np.ndarray, np.ndarray]:
+    """Projected fractional coordinates `(n, 3)` and metric `(3, 3)` of `structure` (`SymmetryProjector`'s maps for
+    one crystal)."""
+    frac = structure.frac_coords
+    shifted = frac[operations.atom_map] - operations.translations[:, None, :]  # (k, n, 3)
+    image = np.einsum("gab,gnb->gna", operations.inverse_rotations, shifted)
+    displacement = _wrap(image - frac + 0.5) - 0.5
+    coords = _wrap(frac + displacement.sum(0) / len(displacement))
+    w = operations.rotations.astype(float)
+    metric = (w.transpose(0, 2, 1) @ _metric(np.array([structure.lattice.parameters])) @ w).mean(0)
+    return coords, metric
+
+
+def _lattice(metric: np.ndarray) -> Lattice:
+    return Lattice.from_parameters(*_parameters(metric[None])[0])
 
 
 def project_structure(structure: Structure, operations: SymmetryOperations) -> Structure:
     """`structure` projected onto the structures that keep `operations`: same cell orientation up to the metric,
     same atoms in the same order."""
-    coords, lattice = _project(structure, operations)
-    return Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
+    coords, metric = _project(structure, operations)
+    return Structure(_lattice(metric), structure.species, coords, site_properties=structure.site_properties)
 
 
 @dataclass
@@ -294,46 +373,108 @@ class Symmetrized:
     case: str
 
 
+def _strain(metric: np.ndarray, projected: np.ndarray) -> float:
+    """Largest relative change of a lattice vector's length from `metric` to `projected`: the spectral norm of
+    `B^-1 (B' - B)`, with `B`, `B'` the Cholesky bases (rows) of the two metrics."""
+    try:
+        basis = np.linalg.cholesky(metric)
+        return float(np.linalg.norm(np.linalg.solve(basis, np.linalg.cholesky(projected) - basis), 2))
+    except np.linalg.LinAlgError:  # a degenerate cell: no bound
+        return float("inf")
+
+
+# Integer shifts to the 27 cells around a pair's nearest image.
+_IMAGES = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))
+_ZERO_IMAGE = 13
+
+
+def _plane_spacing(matrix: np.ndarray) -> float:
+    """Smallest spacing of the cell's lattice planes (Å), one over the longest reciprocal vector: any fractional
+    vector with a component of at least `x` in size is at least `x` times it long."""
+    return float(1 / np.sqrt((np.linalg.inv(matrix) ** 2).sum(0)).max())
+
+
+def _nearby(matrix: np.ndarray, frac_coords: np.ndarray) -> tuple[float, float]:
+    """Shortest distance between two atoms and shortest non-zero lattice vector, searched over the 27 cells around
+    each pair's nearest image: exact where the first is at most 1.5 and the second at most 2 plane spacings."""
+    delta = frac_coords[None, :, :] - frac_coords[:, None, :]
+    delta -= np.round(delta)
+    n = len(frac_coords)
+    cart = np.einsum(
+        "...a,ab->...b", delta[:, :, None, :] + _IMAGES, matrix
+    )  # (n, n, 27, 3); see _operations
+    squared = np.einsum("...a,...a->...", cart, cart)
+    own = np.delete(squared[0, 0], _ZERO_IMAGE).min()  # an atom to its own images, the same for every atom
+    squared[np.diag_indices(n)] = np.inf
+    return float(np.sqrt(squared.min())), float(np.sqrt(own))
+
+
 def _min_distance(lattice: Lattice, frac_coords: np.ndarray) -> float:
+    """Shortest distance between two atoms (pymatgen's `get_all_distances` where the 27 nearest cells might not
+    hold it)."""
     if len(frac_coords) < 2:
         return float("inf")
+    closest, _ = _nearby(lattice.matrix, frac_coords)
+    if closest <= 1.5 * _plane_spacing(lattice.matrix):
+        return closest
     distances = lattice.get_all_distances(frac_coords, frac_coords)
     return float(distances[np.triu_indices(len(frac_coords), 1)].min())
 
 
+def structurally_valid(structure: Structure) -> bool:
+    """CDVAE's structural validity as `hf_crystal.evaluation.validity.structure_validity` decides it (atoms and
+    an atom's own images at least 0.5 Å apart, a cell of at least 0.1 Å^3), over the 27 cells around each pair
+    where that is exact (cells at least 1/3 Å thick), else by that function."""
+    from hf_crystal.evaluation.validity import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE, structure_validity
+
+    matrix = structure.lattice.matrix
+    if not np.isfinite(matrix).all() or structure.volume < MIN_CELL_VOLUME:
+        return False
+    if 1.5 * _plane_spacing(matrix) < MIN_INTERATOMIC_DISTANCE:
+        return structure_validity(structure)
+    return min(_nearby(matrix, structure.frac_coords)) >= MIN_INTERATOMIC_DISTANCE
+
+
 def symmetrize(
-    structure: Structure, tolerance: float = 0.1, min_distance: float = MIN_DISTANCE
+    structure: Structure, tolerance: float = 0.1, min_distance: float = MIN_DISTANCE, first: str = "tolerance"
 ) -> Symmetrized:
     """Project `structure` once onto the structures keeping the operations spglib finds at `tolerance` (Å).
 
     A tolerance fails when spglib finds no group or an operation's atom map is not a species-keeping
     permutation, or when the projection moves an atom by more than the tolerance or brings two atoms closer than
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
-    and if all fail the structure is returned as it is (case "plain").
+    and if all fail the structure is returned as it is (case "plain"). `first` (a `SYMMETRIZE_CASES` case) starts
+    the ladder lower, e.g. "tolerance/10".
     """
-    before = min(_min_distance(structure.lattice, structure.frac_coords), min_distance)
-    for case, tol in zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False):
+    if first not in SYMMETRIZE_CASES:
+        raise ValueError(f"first must be one of {SYMMETRIZE_CASES}, got {first!r}")
+    rungs = list(zip(SYMMETRIZE_CASES, (tolerance, tolerance / 10, tolerance / 100), strict=False))
+    closest = None  # the input's closest pair, computed once a projection needs it
+    cell = _spglib_cell(structure)
+    for case, tol in rungs[SYMMETRIZE_CASES.index(first) :]:
         try:
-            operations = symmetry_operations(structure, tol)
+            operations = _operations(cell, tol)
         except SymmetryError:
             continue
-        coords, lattice = _project(structure, operations)
+        coords, metric = _project(structure, operations)
+        lattice = _lattice(metric)
         delta = coords - structure.frac_coords
         delta -= np.round(delta)
         moved = np.linalg.norm(delta @ lattice.matrix, axis=-1).max(initial=0.0)
-        if moved > tol or _min_distance(lattice, coords) < before - 1e-6:
+        if moved > tol:
             continue
+        if closest is None:
+            closest = _min_distance(structure.lattice, structure.frac_coords)
+        floor = min(closest, min_distance) - 1e-6
+        # Every pair is at least `closest * (1 - strain) - 2 * moved` apart after the projection (each atom moved
+        # by at most `moved`, pair vectors stretched by at most the strain's norm): only when that bound does not
+        # settle it are the pairs measured.
+        if closest * (1 - _strain(structure.lattice.metric_tensor, metric)) - 2 * moved < floor:
+            if _min_distance(lattice, coords) < floor:
+                continue
         projected = Structure(lattice, structure.species, coords, site_properties=structure.site_properties)
         return Symmetrized(projected, operations, case)
     return Symmetrized(structure, None, "plain")
-
-
-def _near_angle_bounds(structure: Structure) -> bool:
-    """Whether a lattice angle lies where the refiner's angle map clamps it (otherwise the flow's last projection
-    already made the structure exact)."""
-    angles = np.array(structure.lattice.angles)
-    margin = 2 * ANGLE_MARGIN
-    return bool(((angles < ANGLE_MIN + margin) | (angles > ANGLE_MAX - margin)).any())
 
 
 @dataclass
@@ -358,10 +499,24 @@ class SymmetrizedBatch:
         needs an angle outside it, the state can only be nearly symmetric, and this last projection in
         the metric makes it exact.
         """
-        return [
-            s if ops is None else project_structure(s, ops)
-            for s, ops in zip(structures, self.operations, strict=True)
-        ]
+        if len(structures) != len(self.operations):
+            raise ValueError(f"{len(structures)} structures for {len(self.operations)} operation sets")
+        coords, params = self.projector.project_end(
+            torch.as_tensor(np.concatenate([s.frac_coords for s in structures])),
+            torch.tensor([s.lattice.parameters for s in structures]),
+        )
+        coords, params = coords.numpy(), params.numpy()
+        out, start = [], 0
+        for s, ops, p in zip(structures, self.operations, params, strict=True):
+            end = start + len(s)
+            if ops is not None:
+                site_properties = s.site_properties
+                s = Structure(
+                    Lattice.from_parameters(*p), s.species, coords[start:end], site_properties=site_properties
+                )
+            out.append(s)
+            start = end
+        return out
 
     @property
     def counts(self) -> dict[str, int]:
@@ -370,9 +525,13 @@ class SymmetrizedBatch:
         return {case: counts[case] for case in SYMMETRIZE_CASES}
 
 
-def symmetrize_structures(structures: Sequence[Structure], tolerance: float = 0.1) -> SymmetrizedBatch:
-    """`symmetrize` each structure, and a projector that keeps their operations along a flow over the batch."""
-    results = [symmetrize(s, tolerance) for s in structures]
+def symmetrize_structures(
+    structures: Sequence[Structure], tolerance: float = 0.1, first: Sequence[str] | None = None
+) -> SymmetrizedBatch:
+    """`symmetrize` each structure (from the ladder's rung `first[i]`, default the top), and a projector that keeps
+    their operations along a flow over the batch."""
+    first = first or ["tolerance"] * len(structures)
+    results = [symmetrize(s, tolerance, first=rung) for s, rung in zip(structures, first, strict=True)]
     return SymmetrizedBatch(
         structures=[r.structure for r in results],
         projector=SymmetryProjector([r.operations for r in results], [len(s) for s in structures]),

@@ -14,6 +14,7 @@ from hf_crystal.symmetry import (
     crystal_system,
     project_structure,
     space_group,
+    structurally_valid,
     symmetrize,
     symmetrize_structures,
     symmetry_operations,
@@ -177,6 +178,38 @@ def test_symmetrize_ladder():
     assert result.case == "plain" and result.operations is None and result.structure is on_top
 
 
+def test_structurally_valid_decides_as_the_evaluation():
+    from hf_crystal.evaluation.validity import structure_validity
+
+    nacl = rocksalt()
+    cubic = Lattice.cubic(5.0)
+    cases = {
+        "rock salt": (nacl, True),
+        "two Na 0.05 Å apart": (
+            Structure(nacl.lattice, ["Na", *nacl.species], [[0.5 + 0.05 / 5.64, 0.5, 0], *nacl.frac_coords]),
+            False,
+        ),
+        "a pair 0.1 Å apart across the cell's face": (
+            Structure(cubic, ["Li", "O"], [[0.01, 0, 0], [0.99, 0, 0]]),
+            False,
+        ),
+        "an atom 0.45 Å from its own image": (
+            Structure(Lattice.tetragonal(5.0, 0.45), ["Li"], [[0, 0, 0]]),
+            False,
+        ),
+        "a skewed cell, pair 0.6 Å apart": (
+            Structure(Lattice.from_parameters(3, 3, 8, 90, 90, 150), ["Li", "O"], [[0, 0, 0], [0, 0, 0.075]]),
+            True,
+        ),
+        "a cell 0.3 Å thick (checked by the evaluation's search)": (
+            Structure(Lattice.from_parameters(4, 4, 0.3, 90, 90, 90), ["Li"], [[0, 0, 0]]),
+            False,
+        ),
+    }
+    for name, (structure, valid) in cases.items():
+        assert structurally_valid(structure) == structure_validity(structure) == valid, name
+
+
 def test_last_projection_restores_a_clamped_lattice():
     """Primitive rock salt has angles of 60°, at the edge of the refiner's angle interval (59.9°, 120.1°): a flow
     that leaves the interval is clamped and only nearly symmetric; the batch's last projection makes it exact."""
@@ -239,13 +272,33 @@ def test_symmetric_refiner_is_permutation_and_translation_equivariant():
 def test_close_atoms_are_kept():
     nacl = rocksalt()
     twin = Structure(nacl.lattice, ["Na", *nacl.species], [[0.5 + 0.05 / 5.64, 0.5, 0.0], *nacl.frac_coords])
+    assert symmetrize(twin, 0.1).case == "tolerance/10"
     out = tiny_refiner(base_noise_std=0.02)(
-        [twin], num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+        [twin, rocksalt()], num_inference_steps=3, generator=torch.Generator().manual_seed(0)
     )
-    assert out.symmetry_cases == ["tolerance/10"]
+    # Three steps of a tiny model leave the pair closer than 0.5 Å: the twin is refined again a rung lower
+    # (tolerance/100), still invalid, then without projection; the valid rock salt is not retried.
+    assert out.symmetry_cases == ["plain (retried)", "tolerance"]
+    from hf_crystal.commands.refine import case_counts
+
+    assert "tolerance: 1, " in case_counts(out.symmetry_cases)
+    assert case_counts(out.symmetry_cases).endswith("plain (retried): 1")
     refined = out.structures[0]
     assert len(refined) == len(twin) and refined.composition == twin.composition
     assert np.isfinite(refined.frac_coords).all()
+    assert space_group(out.structures[1], 0.01) == 225
+
+
+def test_ladder_can_start_lower():
+    noisy = perturbed(perovskite())
+    assert symmetrize(noisy, 0.1, first="tolerance/10").case == "tolerance/10"
+    assert symmetrize(noisy, 0.1, first="plain").case == "plain"
+    batch = symmetrize_structures([noisy, noisy], 0.1, first=["tolerance", "tolerance/100"])
+    assert batch.cases == ["tolerance", "tolerance/100"]
+    # Atoms about 0.01 Å off their sites: Pm-3m at 0.1 Å, a lower group at 0.001 Å.
+    assert batch.operations[0].space_group == 221 and batch.operations[1].space_group != 221
+    with pytest.raises(ValueError, match="first"):
+        symmetrize(noisy, 0.1, first="tolerance/1000")
 
 
 def test_symmetry_tolerance_must_be_positive():

@@ -106,12 +106,12 @@ def _record_symmetry_cases(samples: Path, cases: list, resumed: bool) -> None:
     """Add how the refiner kept the samples' symmetry to the generation record (shown by `evaluate`)."""
     import json
 
-    from hf_crystal.symmetry import SYMMETRIZE_CASES
+    from hf_crystal.symmetry import REFINE_CASES
 
     path = generation_record_path(samples)
     record = json.loads(path.read_text())
     key = "refine_symmetry_cases" + ("_after_resume" if resumed else "")
-    record[key] = {case: cases.count(case) for case in SYMMETRIZE_CASES}
+    record[key] = {case: cases.count(case) for case in REFINE_CASES}
     path.write_text(json.dumps(record, indent=1))
 
 

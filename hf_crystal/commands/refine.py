@@ -63,9 +63,9 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 def case_counts(cases: list) -> str:
     """'tolerance: 9, tolerance/10: 1, ...': how many structures kept their group at which tolerance."""
-    from hf_crystal.symmetry import SYMMETRIZE_CASES
+    from hf_crystal.symmetry import REFINE_CASES
 
-    return ", ".join(f"{case}: {cases.count(case)}" for case in SYMMETRIZE_CASES)
+    return ", ".join(f"{case}: {cases.count(case)}" for case in REFINE_CASES)
 
 
 def add_parser(subparsers) -> None:

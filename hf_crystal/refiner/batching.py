@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pymatgen.core import Element, Lattice, Structure
@@ -82,10 +82,17 @@ class CrystalBatch:
             crystal_index=torch.cat(index),
         )
 
-    def to_structures(self) -> list[Structure]:
-        """One pymatgen `Structure` per crystal: same elements in the same order, lattice from the parameters."""
-        params = unconstrained_to_lattice(self.lattice.detach().double()).cpu().numpy()
-        coords = wrap(self.frac_coords.detach().double()).cpu().numpy()
+    def to_structures(self, project: Callable | None = None) -> list[Structure]:
+        """One pymatgen `Structure` per crystal: same elements in the same order, lattice from the parameters.
+
+        `project` (e.g. `hf_crystal.symmetry.SymmetryProjector.project_end`) maps the float64 fractional
+        coordinates `(N, 3)` and lattice parameters `(B, 6)` (Å, degrees) to the ones to build the structures from.
+        """
+        params = unconstrained_to_lattice(self.lattice.detach().double())
+        coords = wrap(self.frac_coords.detach().double())
+        if project is not None:
+            coords, params = project(coords, params)
+        params, coords = params.cpu().numpy(), coords.cpu().numpy()
         index = self.crystal_index.cpu().numpy()
         types = self.atom_types.cpu().tolist()
         structures = []

@@ -39,8 +39,9 @@ class CrystalRefinerPipelineOutput(BaseOutput):
         structures (`list[Structure]`): One per input, in input order, with the input's elements in the input's
             site order (of the Niggli-reduced cell).
         symmetry_cases (`list[str]`, *optional*): With a symmetry tolerance, how each input was symmetrized
-            (`hf_crystal.symmetry.SYMMETRIZE_CASES`: its operations found at the tolerance, a tenth or a hundredth
-            of it, or "plain": not found, refined without projection).
+            (`hf_crystal.symmetry.REFINE_CASES`: its operations found at the tolerance, a tenth or a hundredth
+            of it, or "plain": not found, refined without projection; "... (retried)": its first output was
+            structurally invalid and this is the highest rung below at which it came out valid, or "plain").
     """
 
     structures: list[Structure]
@@ -109,8 +110,12 @@ class CrystalRefinerPipeline(DiffusionPipeline):
         (DiffCSP++'s idea in FlowLLM's refiner): the operations spglib finds on the Niggli-reduced cell are kept
         by one projection of the structure, of the base noise, of every Euler step and of the velocity before it
         (`hf_crystal.symmetry.SymmetryProjector`); where none are found at the tolerance, a tenth or a
-        hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A refiner
-        from the uniform base ignores it: it uses only the atoms of the structures, not their positions.
+        hundredth of it, the structure is refined without projection (`symmetry_cases` says which). A projected
+        structure whose output is structurally invalid (two atoms closer than 0.5 Å, or a cell under 0.1 Å^3) is
+        refined again at every rung of the ladder below its own (a tenth of the tolerance, a hundredth, without
+        projection; all in one flow after the batches) and keeps the highest whose output is valid: symmetry is
+        kept where it does not cost validity. A refiner from the uniform base ignores
+        `symmetry_tolerance`: it uses only the atoms of the structures, not their positions.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
@@ -118,27 +123,77 @@ class CrystalRefinerPipeline(DiffusionPipeline):
             raise ValueError(f"symmetry_tolerance must be positive or None, got {symmetry_tolerance}")
         if self.scheduler.config.base_distribution == "uniform":
             symmetry_tolerance = None  # the given positions are not used, nor is their symmetry
-        refined, cases, symmetrized = [], [], None
+        refined, cases, reduced = [], [], []
         batches = [structures[i : i + batch_size] for i in range(0, len(structures), batch_size)]
         for chunk in self.progress_bar(batches):
-            project = None
             if symmetry_tolerance is None:
-                batch = CrystalBatch.from_structures(chunk)
-            else:
-                from hf_crystal.symmetry import symmetrize_structures
+                refined += self._refine(CrystalBatch.from_structures(chunk), num_inference_steps, generator)
+                continue
+            from hf_crystal.symmetry import symmetrize_structures
 
-                symmetrized = symmetrize_structures([niggli_reduced(s) for s in chunk], symmetry_tolerance)
-                batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
-                project, cases = symmetrized.projector, cases + symmetrized.cases
-            batch = self.scheduler.sample_base(batch, generator, project=project)
-            batch = batch.to(self.device, self.model.dtype)
-            out = self._integrate(batch, num_inference_steps, project).to_structures()
-            refined.extend(out if symmetrized is None else symmetrized.project(out))
+            reduced += [niggli_reduced(s) for s in chunk]
+            symmetrized = symmetrize_structures(reduced[-len(chunk) :], symmetry_tolerance)
+            cases += symmetrized.cases
+            batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
+            refined += self._refine(batch, num_inference_steps, generator, symmetrized.projector)
+        if symmetry_tolerance is not None:
+            self._retry_invalid(
+                reduced, refined, cases, symmetry_tolerance, num_inference_steps, batch_size, generator
+            )
         if not return_dict:
             return (refined,)
         return CrystalRefinerPipelineOutput(
             structures=refined, symmetry_cases=cases if symmetry_tolerance else None
         )
+
+    def _refine(
+        self, batch: CrystalBatch, num_inference_steps: int, generator: torch.Generator | None, project=None
+    ) -> list[Structure]:
+        """Refine `batch`; with a `hf_crystal.symmetry.SymmetryProjector` `project`, keeping its operations:
+        projected base noise, velocities and steps, and a last projection in float64 and in the metric (the
+        flow's angle interval may have kept a lattice from being exactly symmetric)."""
+        batch = self.scheduler.sample_base(batch, generator, project=project)
+        batch = batch.to(self.device, self.model.dtype)
+        out = self._integrate(batch, num_inference_steps, project)
+        return out.to_structures(None if project is None else project.project_end)
+
+    def _retry_invalid(
+        self,
+        reduced: list[Structure],
+        refined: list[Structure],
+        cases: list[str],
+        tolerance: float,
+        num_inference_steps: int,
+        batch_size: int,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Refine again each projected structure whose output is structurally invalid (CDVAE: two atoms closer
+        than 0.5 Å or a cell under 0.1 Å^3; mostly samples written with two atoms a few hundredths of an Å apart on
+        special positions, which the constrained flow cannot always separate) at every rung of the symmetry ladder
+        below its own, all in one flow, and keep the highest rung whose output is valid (else the plain flow's).
+        Updates `refined` and `cases` in place."""
+        from hf_crystal.symmetry import SYMMETRIZE_CASES, structurally_valid, symmetrize_structures
+
+        pending = [i for i, s in enumerate(refined) if cases[i] != "plain" and not structurally_valid(s)]
+        jobs = [
+            (i, rung) for i in pending for rung in SYMMETRIZE_CASES[SYMMETRIZE_CASES.index(cases[i]) + 1 :]
+        ]
+        retried = {}  # (structure, case it ended in) -> refined output; a rung that fell to a lower one repeats it
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            symmetrized = symmetrize_structures(
+                [reduced[i] for i, _ in chunk], tolerance, first=[rung for _, rung in chunk]
+            )
+            batch = CrystalBatch.from_structures(symmetrized.structures, niggli=False)
+            out = self._refine(batch, num_inference_steps, generator, symmetrized.projector)
+            for (i, _), structure, case in zip(chunk, out, symmetrized.cases, strict=True):
+                retried.setdefault((i, case), structure)
+        for i in pending:
+            for case in SYMMETRIZE_CASES[SYMMETRIZE_CASES.index(cases[i]) + 1 :]:
+                structure = retried.get((i, case))
+                if structure is not None and (case == "plain" or structurally_valid(structure)):
+                    refined[i], cases[i] = structure, f"{case} (retried)"
+                    break
 
     def _integrate(self, batch: CrystalBatch, num_inference_steps: int, project=None) -> CrystalBatch:
         """Euler steps. With a `SymmetryProjector` `project`, the coordinate velocity is projected before each
