@@ -190,7 +190,7 @@ class _Grammar:
         if self.exact:
             remaining = tuple(sorted((s, int(n)) for s, n in constraint.composition.items()))
         self.start = ("sg", "", remaining)
-        self._startable: dict[tuple, frozenset[str]] = {}
+        self._startable: dict[tuple, tuple[frozenset[str], frozenset[str]]] = {}
         self._labels: dict[tuple, list[tuple[str, int, int, bool]]] = {}
 
     # Orbit options -------------------------------------------------------------------------------------
@@ -228,13 +228,19 @@ class _Grammar:
             for label, atoms, _, fixed in _positions(group)
         )
 
-    def startable(self, context) -> frozenset[str]:
-        """The elements an orbit line may start with in `context`."""
+    def startable(self, context) -> tuple[frozenset[str], frozenset[str]]:
+        """The elements an orbit line may start with in `context`, and their prefixes (cached)."""
         if context not in self._startable:
-            candidates = [e for e, n in context[1] if n] if self.exact else sorted(self.elements)
-            self._startable[context] = frozenset(
-                e for e in candidates if self.can_start_orbit(context, e) and self.labels(context, e)
-            )
+            if self.exact:
+                elements = frozenset(
+                    e
+                    for e, n in context[1]
+                    if n and self.can_start_orbit(context, e) and self.labels(context, e)
+                )
+            else:  # every allowed element fits the same positions: all of them or none
+                elements = self.elements if self.can_start_orbit(context) else frozenset()
+            prefixes = frozenset(e[:k] for e in elements for k in range(1, len(e) + 1))
+            self._startable[context] = elements, prefixes
         return self._startable[context]
 
     def _after_label(self, context, element: str, position) -> tuple:
@@ -285,12 +291,8 @@ class _Grammar:
             return self._lattice(state, ch)
         if phase == "el":
             _, context, prefix = state
-            startable = self.startable(context)
-            if (
-                ch is not None
-                and prefix + ch in _PREFIXES
-                and any(e.startswith(prefix + ch) for e in startable)
-            ):
+            startable, prefixes = self.startable(context)
+            if ch is not None and prefix + ch in prefixes:
                 return ("el", context, prefix + ch)
             if ch == " " and prefix in startable:
                 return ("label", context, prefix, "")
