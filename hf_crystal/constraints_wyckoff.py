@@ -387,6 +387,10 @@ class _Vocabulary:
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Phases whose steps carry the orbit context along without reading it (lattice parameters, coordinates): their
+# tables are walked once with the context `_ANY_CONTEXT` and the real one put into the next states.
+_CONTEXT_FREE = frozenset({"lat", "value"})
+_ANY_CONTEXT = ("any context",)
 # Rules kept per tokenizer, and states kept per rule (then its cache starts again): bounds the memory of a
 # long-lived pipeline; a batch of unconditional samples reaches a few thousand states.
 _MAX_RULES = 64
@@ -403,9 +407,9 @@ class _Node:
 
     __slots__ = ("state", "moves", "next", "_blocked")
 
-    def __init__(self, state: tuple, moves: dict[int, tuple]):
+    def __init__(self, state: tuple, moves: dict[int, tuple], blocked: dict[int, torch.Tensor] | None = None):
         self.state, self.moves, self.next = state, moves, {}
-        self._blocked: dict[int, torch.Tensor] = {}
+        self._blocked = {} if blocked is None else blocked  # shared by nodes that allow the same tokens
 
     def blocked(self, width: int) -> torch.Tensor:
         """Bool tensor of `width` scores: True where the token is not allowed in this state."""
@@ -423,15 +427,34 @@ class _Rule:
         self.grammar = _Grammar(constraint)
         self.vocabulary = vocabulary
         self._nodes: dict[tuple, _Node] = {}
+        self._templates: dict[tuple, _Node | None] = {}  # per state of a context-free phase, any context
 
     def node(self, state: tuple) -> _Node:
-        """The node of `state`, its tokens found once by walking the vocabulary trie."""
+        """The node of `state`, its tokens found once by walking the vocabulary trie (for the lattice and the
+        coordinates, once for every orbit context: see `_CONTEXT_FREE`)."""
         node = self._nodes.get(state)
         if node is None:
             if len(self._nodes) >= _MAX_STATES:
                 self._nodes.clear()
-            node = self._nodes[state] = _Node(state, self._moves(state))
+                self._templates.clear()
+            node = self._nodes[state] = self._make(state)
         return node
+
+    def _make(self, state: tuple) -> _Node:
+        if state[0] in _CONTEXT_FREE:
+            general = (state[0], _ANY_CONTEXT, *state[2:])
+            if general not in self._templates:
+                moves = self._moves(general, context_free=True)
+                self._templates[general] = None if moves is None else _Node(general, moves)
+            template = self._templates[general]
+            if template is not None:
+                context = state[1]
+                moves = {
+                    token: (after[0], context, *after[2:]) if after[1:2] == (_ANY_CONTEXT,) else after
+                    for token, after in template.moves.items()
+                }
+                return _Node(state, moves, template._blocked)
+        return _Node(state, self._moves(state))
 
     def table(self, state: tuple) -> dict[int, tuple]:
         """{token id: next state} of the tokens allowed in `state` (EOS -> ("done",))."""
@@ -448,7 +471,9 @@ class _Rule:
             after = node.next[token] = self.node(node.moves[token])
         return after
 
-    def _moves(self, state: tuple) -> dict[int, tuple]:
+    def _moves(self, state: tuple, context_free: bool = False) -> dict[int, tuple] | None:
+        """{token id: next state} of `state`, by walking the trie; with `context_free` (a state whose context is
+        `_ANY_CONTEXT`), None when a token reads on past the phase (its context would decide)."""
         moves: dict[int, tuple] = {}
         stack = [(self.vocabulary.trie, state)]
         while stack:
@@ -456,6 +481,10 @@ class _Rule:
             if node is not self.vocabulary.trie:
                 for token in node.get(None, ()):
                     moves.setdefault(token, current)
+            if context_free and current[0] not in _CONTEXT_FREE:
+                if any(ch is not None for ch in node):
+                    return None
+                continue
             for ch in self.grammar.candidates(current):
                 child = node.get(ch)
                 if child is not None:
