@@ -15,6 +15,8 @@ tokens per sample (EOS included), the fractions that decode and are structurally
 (CDVAE's validity, Xie et al. 2022), and:
 
 - vs first: structures/s over those of the first model (the same batch size and constrained setting, this run);
+- structs/cpu-s, cpu vs first: the same per second of this process's CPU time, which a shared machine's load
+  changes far less than the wall-clock time (with one thread; a second one adds its own time, waiting included);
 - gain: structures/s over those of the first batch size (the same model and constrained setting, this run);
 - roofline: tokens/s as a fraction of the matmul roofline, (fp32 matmul FLOP/s) / (2 x parameters): the
   mean FLOP/s of 1024^3 torch matmuls over one second right before each batch size (the machine is shared: its
@@ -90,9 +92,9 @@ def bound_seconds(
 
 
 def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     samples = pipe(num, batch_size=batch_size, constrain=constrain, seed=seed)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     lengths = [len(pipe.tokenizer(s["text"], add_special_tokens=False)["input_ids"]) + 1 for s in samples]
     tokens = sum(lengths)
     structures = [s["structure"] for s in samples if s["structure"] is not None]
@@ -102,6 +104,7 @@ def run(pipe, num: int, batch_size: int, constrain: bool, seed: int) -> dict:
         "lengths": lengths,
         "samples/s": num / elapsed,
         "structures/s": len(structures) / elapsed,
+        "structures/cpu-s": len(structures) / cpu,
         "tokens/s": tokens / elapsed,
         "tokens/sample": tokens / num,
         "decoded": len(structures) / num,
@@ -152,7 +155,7 @@ def main() -> None:
     print(f"{torch.get_num_threads()} thread(s), refiner off, {load()}")
     print(
         f"{'model':<{width}s} {'batch':>5s} {'constrained':>11s} {'samples/s':>10s} {'structs/s':>10s} "
-        f"{'vs first':>8s} {'tokens/s':>9s} {'tok/sample':>10s} {'gain':>6s} {'GFLOP/s':>8s} {'roofline':>8s} "
+        f"{'vs first':>8s} {'structs/cpu-s':>13s} {'cpu vs first':>12s} {'tokens/s':>9s} {'tok/sample':>10s} {'gain':>6s} {'GFLOP/s':>8s} {'roofline':>8s} "
         f"{'GB/s':>5s} {'bound':>6s} {'decoded':>8s} {'struct ok':>9s} {'comp ok':>8s} {'time ratio':>10s}"
     )
     first = {}
@@ -174,11 +177,15 @@ def main() -> None:
                     first.setdefault((name, constrain), row)["structures/s"], 1e-12
                 )
                 versus = row["structures/s"] / max(rows[names[0], constrain]["structures/s"], 1e-12)
+                cpu_versus = row["structures/cpu-s"] / max(
+                    rows[names[0], constrain]["structures/cpu-s"], 1e-12
+                )
                 roofline = row["tokens/s"] * 2 * params / flops
                 seconds = bound_seconds(row["lengths"], prompts[name], batch_size, model, flops, bandwidth)
                 print(
                     f"{name:<{width}s} {batch_size:5d} {'yes' if constrain else 'no':>11s} "
-                    f"{row['samples/s']:10.2f} {row['structures/s']:10.2f} {versus:8.2f} {row['tokens/s']:9.0f} "
+                    f"{row['samples/s']:10.2f} {row['structures/s']:10.2f} {versus:8.2f} "
+                    f"{row['structures/cpu-s']:13.2f} {cpu_versus:12.2f} {row['tokens/s']:9.0f} "
                     f"{row['tokens/sample']:10.1f} {gain:6.1f} {flops / 1e9:8.1f} {roofline:8.1%} "
                     f"{bandwidth / 1e9:5.1f} {seconds / row['seconds']:6.1%} {row['decoded']:8.1%} "
                     f"{row['struct valid']:9.1%} {row['comp valid']:8.1%} {ratio}",
