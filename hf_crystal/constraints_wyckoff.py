@@ -15,8 +15,11 @@ What is enforced, character by character, on the completion exactly as `text_wyc
   exactly the composition; EOS only then. Without one: at most `max_sites` atoms of the primitive cell.
 
 The grammar is a character automaton over immutable states; each state's allowed tokens are found once by
-walking the vocabulary trie (cached per state), each row's state is advanced by its new tokens. A request no
-orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before generation.
+walking the vocabulary trie with only the characters the state can take (cached per state and shared by equal
+constraints across rows and calls, with the state's mask as a bool tensor); each row's state is advanced by its
+new tokens only, and the masks of all rows are applied in one `masked_fill` (docs/benchmarks.md has the speed).
+A request no orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before
+generation.
 """
 
 from __future__ import annotations
