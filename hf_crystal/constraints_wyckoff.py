@@ -15,8 +15,11 @@ What is enforced, character by character, on the completion exactly as `text_wyc
   exactly the composition; EOS only then. Without one: at most `max_sites` atoms of the primitive cell.
 
 The grammar is a character automaton over immutable states; each state's allowed tokens are found once by
-walking the vocabulary trie (cached per state), each row's state is advanced by its new tokens. A request no
-orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before generation.
+walking the vocabulary trie with only the characters the state can take (cached per state and shared by equal
+constraints across rows and calls, with the state's mask as a bool tensor); each row's state is advanced by its
+new tokens only, and the masks of all rows are applied in one `masked_fill` (docs/benchmarks.md has the speed).
+A request no orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before
+generation.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ __all__ = ["WyckoffConstraint", "WyckoffLogitsProcessor", "feasible_groups"]
 
 _VALUE = "0.dd"  # a free coordinate, "d" a digit
 _PREFIXES = frozenset(s[:k] for s in ELEMENT_SYMBOLS for k in range(1, len(s) + 1))
+# The characters that can extend an element-symbol prefix ("" included) to a longer prefix.
+_SYMBOL_NEXT = {
+    p: "".join(sorted({s[len(p)] for s in ELEMENT_SYMBOLS if s.startswith(p) and len(s) > len(p)}))
+    for p in {"", *_PREFIXES}
+}
+_DIGITS = "0123456789"
+_DIGIT_SET = frozenset(_DIGITS)
 _EOS = None  # the "character" EOS in the automaton
 
 
@@ -175,6 +185,7 @@ class _Grammar:
     def __init__(self, constraint: WyckoffConstraint):
         self.groups = frozenset(constraint.groups)
         self.group_texts = tuple(str(n) for n in sorted(self.groups))
+        self._group_prefixes = frozenset(t[:k] for t in self.group_texts for k in range(1, len(t) + 1))
         self.exact = constraint.composition is not None
         self.elements = frozenset(constraint.elements or ELEMENT_SYMBOLS)
         self.max_sites = constraint.max_sites
@@ -182,7 +193,8 @@ class _Grammar:
         if self.exact:
             remaining = tuple(sorted((s, int(n)) for s, n in constraint.composition.items()))
         self.start = ("sg", "", remaining)
-        self._startable: dict[tuple, frozenset[str]] = {}
+        self._startable: dict[tuple, tuple[frozenset[str], frozenset[str]]] = {}
+        self._labels: dict[tuple, list[tuple[str, int, int, bool]]] = {}
 
     # Orbit options -------------------------------------------------------------------------------------
     def _fits(self, context, element: str, label: str, atoms: int, fixed: bool) -> bool:
@@ -199,7 +211,13 @@ class _Grammar:
         return _fillable(group, counts, used | {label} if fixed else used)
 
     def labels(self, context, element: str) -> list[tuple[str, int, int, bool]]:
-        return [p for p in _positions(context[0]) if self._fits(context, element, p[0], p[1], p[3])]
+        """The Wyckoff positions an orbit of `element` may take in `context` (cached)."""
+        key = (context, element)
+        if key not in self._labels:
+            self._labels[key] = [
+                p for p in _positions(context[0]) if self._fits(context, element, p[0], p[1], p[3])
+            ]
+        return self._labels[key]
 
     def can_start_orbit(self, context, element: str | None = None) -> bool:
         """Whether another orbit line (of `element`, if given) can follow."""
@@ -213,13 +231,19 @@ class _Grammar:
             for label, atoms, _, fixed in _positions(group)
         )
 
-    def startable(self, context) -> frozenset[str]:
-        """The elements an orbit line may start with in `context`."""
+    def startable(self, context) -> tuple[frozenset[str], frozenset[str]]:
+        """The elements an orbit line may start with in `context`, and their prefixes (cached)."""
         if context not in self._startable:
-            candidates = [e for e, n in context[1] if n] if self.exact else sorted(self.elements)
-            self._startable[context] = frozenset(
-                e for e in candidates if self.can_start_orbit(context, e) and self.labels(context, e)
-            )
+            if self.exact:
+                elements = frozenset(
+                    e
+                    for e, n in context[1]
+                    if n and self.can_start_orbit(context, e) and self.labels(context, e)
+                )
+            else:  # every allowed element fits the same positions: all of them or none
+                elements = self.elements if self.can_start_orbit(context) else frozenset()
+            prefixes = frozenset(e[:k] for e in elements for k in range(1, len(e) + 1))
+            self._startable[context] = elements, prefixes
         return self._startable[context]
 
     def _after_label(self, context, element: str, position) -> tuple:
@@ -230,11 +254,35 @@ class _Grammar:
         return (group, remaining, used | {label} if fixed else used, sites + atoms)
 
     # Transitions ---------------------------------------------------------------------------------------
+    def candidates(self, state: tuple) -> str:
+        """The characters `step` may accept in `state` (a superset): the only ones the vocabulary walk tries."""
+        phase = state[0]
+        if phase == "sg":
+            return _DIGITS + "\n"
+        if phase == "lat":
+            return _DIGITS + ". \n"
+        if phase == "el":
+            return _SYMBOL_NEXT.get(state[2], "") + " "
+        if phase == "label":
+            _, context, element, prefix = state
+            n = len(prefix)
+            return "".join(
+                {p[0][n] for p in self.labels(context, element) if len(p[0]) > n and p[0].startswith(prefix)}
+            )
+        if phase == "value":
+            k = state[3]
+            if k == 0:
+                return " "
+            if k <= len(_VALUE):
+                return _DIGITS if _VALUE[k - 1] == "d" else _VALUE[k - 1]
+            return ""
+        return "\n" if phase == "end" else ""
+
     def step(self, state: tuple, ch: str | None):
         phase = state[0]
         if phase == "sg":
             _, prefix, remaining = state
-            if ch is not None and ch.isdigit() and any(t.startswith(prefix + ch) for t in self.group_texts):
+            if ch is not None and ch in _DIGIT_SET and prefix + ch in self._group_prefixes:
                 return ("sg", prefix + ch, remaining)
             if ch == "\n" and prefix in self.group_texts:
                 group = int(prefix)
@@ -246,12 +294,8 @@ class _Grammar:
             return self._lattice(state, ch)
         if phase == "el":
             _, context, prefix = state
-            startable = self.startable(context)
-            if (
-                ch is not None
-                and prefix + ch in _PREFIXES
-                and any(e.startswith(prefix + ch) for e in startable)
-            ):
+            startable, prefixes = self.startable(context)
+            if ch is not None and prefix + ch in prefixes:
                 return ("el", context, prefix + ch)
             if ch == " " and prefix in startable:
                 return ("label", context, prefix, "")
@@ -273,7 +317,7 @@ class _Grammar:
                 return ("value", context, left, 1)
             if 1 <= k <= len(_VALUE) and ch is not None:
                 expected = _VALUE[k - 1]
-                if ch.isdigit() if expected == "d" else ch == expected:
+                if ch in _DIGIT_SET if expected == "d" else ch == expected:
                     if k == len(_VALUE):
                         return ("value", context, left - 1, 0) if left > 1 else ("end", context)
                     return ("value", context, left, k + 1)
@@ -297,11 +341,11 @@ class _Grammar:
         if len(name) == 1:  # a length: [1-9]\d{0,2}\.\d
             whole, _, fraction = prefix.partition(".")
             if "." not in prefix:
-                if ch.isdigit() and len(whole) < LENGTH_INT_DIGITS and (whole or ch != "0"):
+                if ch in _DIGIT_SET and len(whole) < LENGTH_INT_DIGITS and (whole or ch != "0"):
                     return ("lat", context, names, i, prefix + ch, alpha)
                 if ch == "." and whole:
                     return ("lat", context, names, i, prefix + ch, alpha)
-            elif not fraction and ch.isdigit():
+            elif not fraction and ch in _DIGIT_SET:
                 return ("lat", context, names, i, prefix + ch, alpha)
             elif fraction and ch == separator:
                 return ("el", context, "") if last else ("lat", context, names, i + 1, "", alpha)
@@ -310,7 +354,7 @@ class _Grammar:
         lo, hi = MIN_ANGLE, MAX_ANGLE
         if name == "gamma":
             lo, hi = _angle_range(*alpha)
-        if ch.isdigit() and _can_extend(prefix + ch, lo, hi):
+        if ch in _DIGIT_SET and _can_extend(prefix + ch, lo, hi):
             return ("lat", context, names, i, prefix + ch, alpha)
         if prefix and lo <= int(prefix) <= hi and ch == separator:
             if last:
@@ -321,47 +365,138 @@ class _Grammar:
 
 
 class _Vocabulary:
-    """A tokenizer's vocabulary as a trie of token texts."""
+    """A tokenizer's vocabulary as a trie of token texts, with the rules made on it (shared by every processor:
+    equal constraints share their states and tables, across rows and calls)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.eos = eos_token_id(tokenizer)
         self.trie = token_trie(_token_texts(tokenizer))
+        self._rules: dict[tuple, _Rule] = {}
+
+    def rule(self, constraint: WyckoffConstraint) -> _Rule:
+        """The `_Rule` of `constraint` (the last `_MAX_RULES` kept)."""
+        composition = constraint.composition
+        key = (
+            None if constraint.spacegroup is None else int(constraint.spacegroup),
+            None if composition is None else tuple(sorted((s, int(n)) for s, n in composition.items())),
+            None if constraint.elements is None else frozenset(constraint.elements),
+            constraint.max_sites,
+        )
+        rule = self._rules.pop(key, None) or _Rule(constraint, self)
+        self._rules[key] = rule  # the most recently used last
+        while len(self._rules) > _MAX_RULES:
+            del self._rules[next(iter(self._rules))]
+        return rule
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Phases whose steps carry the orbit context along without reading it (lattice parameters, coordinates): their
+# tables are walked once with the context `_ANY_CONTEXT` and the real one put into the next states.
+_CONTEXT_FREE = frozenset({"lat", "value"})
+_ANY_CONTEXT = ("any context",)
+# Rules kept per tokenizer, and states kept per rule (then its cache starts again): bounds the memory of a
+# long-lived pipeline; a batch of unconditional samples reaches a few thousand states.
+_MAX_RULES = 64
+_MAX_STATES = 20_000
 
 
 def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> _Vocabulary:
     return per_tokenizer(_VOCABULARIES, tokenizer, _Vocabulary)
 
 
+class _Node:
+    """One state of a rule as the processor uses it: the allowed tokens and where each leads (`moves`), the nodes
+    reached so far (`next`) and the mask of the tokens not allowed, per width of the scores."""
+
+    __slots__ = ("state", "moves", "next", "_blocked")
+
+    def __init__(self, state: tuple, moves: dict[int, tuple], blocked: dict[int, torch.Tensor] | None = None):
+        self.state, self.moves, self.next = state, moves, {}
+        self._blocked = {} if blocked is None else blocked  # shared by nodes that allow the same tokens
+
+    def blocked(self, width: int) -> torch.Tensor:
+        """Bool tensor of `width` scores: True where the token is not allowed in this state."""
+        mask = self._blocked.get(width)
+        if mask is None:
+            mask = self._blocked[width] = torch.ones(width, dtype=torch.bool)
+            mask[list(self.moves)] = False
+        return mask
+
+
 class _Rule:
-    """A constraint's grammar with its per-state tables: allowed tokens and where each leads."""
+    """A constraint's grammar with its per-state nodes: allowed tokens, where each leads, masks."""
 
     def __init__(self, constraint: WyckoffConstraint, vocabulary: _Vocabulary):
         self.grammar = _Grammar(constraint)
         self.vocabulary = vocabulary
-        self._tables: dict[tuple, dict[int, tuple]] = {}
+        self._nodes: dict[tuple, _Node] = {}
+        self._templates: dict[tuple, _Node | None] = {}  # per state of a context-free phase, any context
+
+    def node(self, state: tuple) -> _Node:
+        """The node of `state`, its tokens found once by walking the vocabulary trie (for the lattice and the
+        coordinates, once for every orbit context: see `_CONTEXT_FREE`)."""
+        node = self._nodes.get(state)
+        if node is None:
+            if len(self._nodes) >= _MAX_STATES:
+                self._nodes.clear()
+                self._templates.clear()
+            node = self._nodes[state] = self._make(state)
+        return node
+
+    def _make(self, state: tuple) -> _Node:
+        if state[0] in _CONTEXT_FREE:
+            general = (state[0], _ANY_CONTEXT, *state[2:])
+            if general not in self._templates:
+                moves = self._moves(general, context_free=True)
+                self._templates[general] = None if moves is None else _Node(general, moves)
+            template = self._templates[general]
+            if template is not None:
+                context = state[1]
+                moves = {
+                    token: (after[0], context, *after[2:]) if after[1:2] == (_ANY_CONTEXT,) else after
+                    for token, after in template.moves.items()
+                }
+                return _Node(state, moves, template._blocked)
+        return _Node(state, self._moves(state))
 
     def table(self, state: tuple) -> dict[int, tuple]:
         """{token id: next state} of the tokens allowed in `state` (EOS -> ("done",))."""
-        if state not in self._tables:
-            moves: dict[int, tuple] = {}
-            stack = [(self.vocabulary.trie, state)]
-            while stack:
-                node, current = stack.pop()
-                if node is not self.vocabulary.trie:
-                    for token in node.get(None, ()):
-                        moves.setdefault(token, current)
-                for ch, child in node.items():
-                    if ch is not None:
-                        nxt = self.grammar.step(current, ch)
-                        if nxt is not None:
-                            stack.append((child, nxt))
-            if self.grammar.step(state, _EOS) is not None:
-                moves[self.vocabulary.eos] = ("done",)
-            self._tables[state] = moves
-        return self._tables[state]
+        return self.node(state).moves
+
+    def advance(self, node: _Node, token: int) -> _Node:
+        """The node after `token` in `node` (ConstraintError when the token is not allowed there)."""
+        after = node.next.get(token)
+        if after is None:
+            if token not in node.moves:
+                raise ConstraintError(
+                    f"token {token} cannot follow the text written so far: it was not allowed by this processor"
+                )
+            after = node.next[token] = self.node(node.moves[token])
+        return after
+
+    def _moves(self, state: tuple, context_free: bool = False) -> dict[int, tuple] | None:
+        """{token id: next state} of `state`, by walking the trie; with `context_free` (a state whose context is
+        `_ANY_CONTEXT`), None when a token reads on past the phase (its context would decide)."""
+        moves: dict[int, tuple] = {}
+        stack = [(self.vocabulary.trie, state)]
+        while stack:
+            node, current = stack.pop()
+            if node is not self.vocabulary.trie:
+                for token in node.get(None, ()):
+                    moves.setdefault(token, current)
+            if context_free and current[0] not in _CONTEXT_FREE:
+                if any(ch is not None for ch in node):
+                    return None
+                continue
+            for ch in self.grammar.candidates(current):
+                child = node.get(ch)
+                if child is not None:
+                    nxt = self.grammar.step(current, ch)
+                    if nxt is not None:
+                        stack.append((child, nxt))
+        if self.grammar.step(state, _EOS) is not None:
+            moves[self.vocabulary.eos] = ("done",)
+        return moves
 
 
 class WyckoffLogitsProcessor(LogitsProcessor):
@@ -373,9 +508,12 @@ class WyckoffLogitsProcessor(LogitsProcessor):
             `hf_crystal.generation_utils.generate_rows` expects).
         prompt_length: width of the (left-padded) prompt batch: generated tokens start at this column.
 
-    Rows are recognised by their generated tokens (a row whose tokens do not continue the last call's is
-    replayed from the start), so sampling, greedy and beam search work; `select(rows)` gives the processor of a
-    subset of the rows, for a `generate` call that continues those rows only.
+    Each row keeps its state node and the tokens it was reached by; a call compares the rows' generated tokens
+    with the last call's in one tensor operation and applies only the new ones (a row whose tokens do not
+    continue its last ones is replayed from the start), so sampling, greedy and beam search work. The masks of
+    the rows' states (one tensor per state, made once) are stacked and applied in one `masked_fill`. States and
+    masks are shared by equal constraints, across rows and calls. `select(rows)` gives the processor of a subset
+    of the rows, for a `generate` call that continues those rows only.
     """
 
     def __init__(
@@ -388,63 +526,81 @@ class WyckoffLogitsProcessor(LogitsProcessor):
         constraints = [constraints] if isinstance(constraints, WyckoffConstraint) else list(constraints)
         if not constraints or not all(isinstance(c, WyckoffConstraint) for c in constraints):
             raise ConstraintError("constraints must be a WyckoffConstraint or a non-empty sequence of them")
-        self._rules = [_Rule(c, vocabulary) for c in constraints]
+        self._rules = [vocabulary.rule(c) for c in constraints]
         self._single = len(constraints) == 1
         self._prompt_length = prompt_length
         self._eos = vocabulary.eos
         self._vocab_size = len(tokenizer)
         self._row_rules: list[_Rule] | None = None
-        self._history: list[tuple[tuple[int, ...], tuple]] = []  # per row: (tokens applied, state)
+        self._nodes: list[_Node | None] = []  # per row: its state after `_generated` (None: EOS written)
+        self._generated: torch.Tensor | None = None  # the rows' generated tokens at the last call
+
+    @property
+    def _history(self) -> list[tuple[tuple[int, ...], tuple]]:
+        """Per row: (tokens applied, state)."""
+        rows = [] if self._generated is None else self._generated.tolist()
+        return [
+            (tuple(tokens), ("done",) if node is None else node.state)
+            for tokens, node in zip(rows, self._nodes, strict=True)
+        ]
 
     def select(self, rows: Sequence[int]) -> WyckoffLogitsProcessor:
         """The processor of rows `rows` only (in that order), with their states."""
         other = object.__new__(WyckoffLogitsProcessor)
         other.__dict__.update(self.__dict__)
         other._row_rules = [self._row_rules[i] for i in rows]
-        other._history = [self._history[i] for i in rows]
+        other._nodes = [self._nodes[i] for i in rows]
+        if self._generated is not None:
+            other._generated = self._generated[torch.as_tensor(rows, dtype=torch.long)]
         return other
 
-    def _state(self, row: int, tokens: tuple[int, ...]) -> tuple:
-        rule = self._row_rules[row]
-        done, state = self._history[row]
-        if tokens[: len(done)] != done:
-            done, state = (), rule.grammar.start
-        for token in tokens[len(done) :]:
-            if state == ("done",):
+    def _follow(self, generated: torch.Tensor) -> None:
+        """Bring every row's node to the end of its `generated` tokens."""
+        previous, batch = self._generated, generated.shape[0]
+        start = 0
+        if previous is not None and previous.shape[1] <= generated.shape[1]:
+            start = previous.shape[1]
+            continues = (generated[:, :start] == previous).all(dim=1).tolist()
+            for row in (row for row, same in enumerate(continues) if not same):  # replayed from the start
+                self._nodes[row] = self._row_rules[row].node(self._row_rules[row].grammar.start)
+                self._replay(row, generated[row].tolist())
+        else:
+            continues = [True] * batch
+            self._nodes = [rule.node(rule.grammar.start) for rule in self._row_rules]
+        if start < generated.shape[1]:
+            for row, tokens in enumerate(generated[:, start:].tolist()):
+                if continues[row]:
+                    self._replay(row, tokens)
+        self._generated = generated
+
+    def _replay(self, row: int, tokens: list[int]) -> None:
+        node, rule = self._nodes[row], self._row_rules[row]
+        for token in tokens:
+            if node is None:  # EOS written: generate pads the row
                 break
-            table = rule.table(state)
-            if token not in table:
-                raise ConstraintError(
-                    f"token {token} cannot follow the text written so far: it was not allowed by this processor"
-                )
-            state = table[token]
-        self._history[row] = (tokens, state)
-        return state
+            node = None if token == self._eos else rule.advance(node, token)
+        self._nodes[row] = node
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[-1] < self._vocab_size:
+        width = scores.shape[-1]
+        if width < self._vocab_size:
             raise ConstraintError(
-                f"scores have {scores.shape[-1]} columns but the tokenizer has {self._vocab_size} tokens"
+                f"scores have {width} columns but the tokenizer has {self._vocab_size} tokens"
             )
-        generated = input_ids[:, self._prompt_length :].cpu().tolist()
-        if self._row_rules is None or len(self._row_rules) != len(generated):
+        generated = input_ids[:, self._prompt_length :].cpu()
+        batch = generated.shape[0]
+        if self._row_rules is None or len(self._row_rules) != batch:
             if self._single:
-                self._row_rules = self._rules * len(generated)
-            elif len(generated) != len(self._rules):
+                self._row_rules = self._rules * batch
+            elif batch != len(self._rules):
                 raise ConstraintError(
-                    f"batch of {len(generated)} rows, but {len(self._rules)} constraints: give one per row "
+                    f"batch of {batch} rows, but {len(self._rules)} constraints: give one per row "
                     "(or a single one)"
                 )
             else:
                 self._row_rules = list(self._rules)
-            self._history = [((), rule.grammar.start) for rule in self._row_rules]
-        masked = torch.full_like(scores, float("-inf"))
-        for row, tokens in enumerate(generated):
-            if self._eos in tokens:  # finished: generate pads it
-                masked[row] = scores[row]
-                continue
-            state = self._state(row, tuple(tokens))
-            allowed = list(self._row_rules[row].table(state))
-            index = torch.tensor(allowed, dtype=torch.long, device=scores.device)
-            masked[row, index] = scores[row, index]
-        return masked
+            self._generated = None
+        self._follow(generated)
+        free = torch.zeros(width, dtype=torch.bool)  # a finished row: generate pads it
+        blocked = torch.stack([free if node is None else node.blocked(width) for node in self._nodes])
+        return scores.masked_fill(blocked.to(scores.device), float("-inf"))

@@ -15,7 +15,7 @@ from transformers.cache_utils import DynamicLayer
 
 from hf_crystal.constraints import CrystalLogitsProcessor
 
-__all__ = ["AppendLayer", "EnoughFinished", "append_cache", "generate_rows"]
+__all__ = ["AppendLayer", "EnoughFinished", "append_cache", "generate_rows", "prefill_shared_prompts"]
 
 # A batch is compacted (finished rows dropped, `generate_rows`) once this fraction of its rows has finished.
 _COMPACT_FRACTION = 1 / 8
@@ -116,6 +116,35 @@ def append_cache(model, generate_kwargs: dict) -> DynamicCache | None:
     return cache
 
 
+def prefill_shared_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> bool:
+    """Fill `cache` with every row's prompt but its last token, running each distinct prompt row through the model
+    once and copying its keys and values to the rows that repeat it; False (nothing done) when no row repeats.
+
+    The rows of a pipeline call are one prompt per sample, so an unconditional batch is one prompt many times
+    over: its prefill, computed per row, cost as much as a third of the generation of a short text (Wyckoff
+    text at batch 64, benchmarks/bench_generation.py). `generate`, given the cache, computes the last prompt
+    token of every row, as it does when continuing a batch (`generate_rows`); positions are those `generate`
+    gives a left-padded batch.
+    """
+    width = input_ids.shape[1]
+    unique, inverse = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+    if width < 2 or len(unique) == len(input_ids):
+        return False
+    ids, mask = unique[:, : width - 1], unique[:, width : 2 * width - 1]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache.batch_select_indices(inverse)
+    return True
+
+
 def generate_rows(
     model,
     input_ids: torch.Tensor,
@@ -129,7 +158,8 @@ def generate_rows(
     Rows that have written EOS leave the batch: `generate` keeps computing a finished row (padding it) until the
     whole batch is done, so a batch whose lengths spread widely spends much of its time on finished rows. Here
     `generate` stops once enough rows have finished and is called again on the others only, from the same
-    cache; the constraint `processor` keeps their states (`select`).
+    cache; the constraint `processor` keeps their states (`select`). Rows with the same prompt share its
+    prefill (`prefill_shared_prompts`).
 
     Args:
         model: A causal LM.
@@ -156,6 +186,7 @@ def generate_rows(
         return list(sequences[:, width:].cpu())
     rows: list = [None] * input_ids.shape[0]
     live = np.arange(len(rows))  # which samples the current batch rows are
+    prefill_shared_prompts(model, input_ids, attention_mask, cache)
     while True:
         stop = EnoughFinished(eos, max(1, int(len(live) * _COMPACT_FRACTION)))
         call = {
