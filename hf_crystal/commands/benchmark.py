@@ -181,10 +181,12 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     )
     print(benchmark_table(result.metrics, published_figures()))
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()))
-    print(
-        f"wrote {args.out}/benchmark.md, metrics.json, samples.csv, samples.jsonl and report.md",
-        file=sys.stderr,
+    written = (
+        "metrics.json, samples.csv and report.md"
+        if args.samples
+        else ("metrics.json, samples.csv, samples.jsonl and report.md")
     )
+    print(f"wrote {args.out}/benchmark.md, {written}", file=sys.stderr)
     if args.card:
         from hf_crystal.benchmark.runner import BENCHMARK_METRICS
         from hf_crystal.hub import update_card
