@@ -131,7 +131,12 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         raise UsageError("hf-crystal benchmark runs on Ray: pip install 'hf-crystal[benchmark]'") from None
-    from hf_crystal.benchmark.published import benchmark_markdown, benchmark_table, published_figures
+    from hf_crystal.benchmark.published import (
+        TABLE_METRICS,
+        benchmark_markdown,
+        benchmark_table,
+        published_figures,
+    )
     from hf_crystal.benchmark.runner import NUM_SAMPLES, BenchmarkSettings, run_benchmark
 
     if args.no_refiner and args.refiner:
@@ -181,19 +186,14 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     )
     print(benchmark_table(result.metrics, published_figures()))
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()))
-    written = (
-        "metrics.json, samples.csv and report.md"
-        if args.samples
-        else ("metrics.json, samples.csv, samples.jsonl and report.md")
-    )
+    written = "metrics.json, samples.csv" + ("" if args.samples else ", samples.jsonl") + " and report.md"
     print(f"wrote {args.out}/benchmark.md, {written}", file=sys.stderr)
     if args.card:
-        from hf_crystal.benchmark.runner import BENCHMARK_METRICS
         from hf_crystal.hub import update_card
 
         metrics = result.metrics
-        card_metrics = {  # the protocol and the run's settings are context, not measurements
-            "metrics": {k: v for k, v in metrics.items() if k not in BENCHMARK_METRICS},
+        card_metrics = {  # the table's metrics: a card's model-index holds the headline numbers, not every key
+            "metrics": {key: metrics[key] for key, _ in TABLE_METRICS if metrics.get(key) is not None},
             "n_samples": metrics["n_generated"],
             "hull": metrics.get("hull"),
             "note": f"{metrics['protocol']}; reference {metrics['benchmark_reference']} ({metrics['n_reference']} "
