@@ -95,6 +95,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# CDVAE's dataset names (its data folders) for the coverage datasets: how cards name the evaluation dataset.
+_DATASETS = {"mp20": "mp_20", "perov": "perov_5", "carbon": "carbon_24"}
+
 # Flags that only apply when the benchmark generates (refused with --samples).
 _GENERATION_FLAGS = (
     "num",
@@ -194,6 +197,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         metrics = result.metrics
         card_metrics = {  # the table's metrics: a card's model-index holds the headline numbers, not every key
             "metrics": {key: metrics[key] for key, _ in TABLE_METRICS if metrics.get(key) is not None},
+            "dataset": {"name": _DATASETS.get(settings.coverage_dataset, settings.coverage_dataset)},
             "n_samples": metrics["n_generated"],
             "hull": metrics.get("hull"),
             "note": f"{metrics['protocol']}; reference {metrics['benchmark_reference']} ({metrics['n_reference']} "
