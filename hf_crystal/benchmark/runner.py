@@ -274,6 +274,25 @@ def _fingerprints(values: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return _stack(struct), _stack(comp), np.array([row is not None for row in struct], dtype=bool)
 
 
+def _shard_values(
+    function: Callable,
+    structures: Sequence[Structure],
+    extra: tuple,
+    store: ShardStore,
+    stage: str,
+    shard_size: int,
+    workers: int,
+    progress: bool,
+    what: str,
+) -> list:
+    """``function(shard, structures of the shard, *extra)`` as Ray tasks over shards of ``structures``; the
+    results of every shard, in order, as ``store`` keeps them under ``stage``."""
+    shards = _chunks(len(structures), shard_size)
+    calls = [(k, lambda r=r: ([structures[i] for i in r], *extra)) for k, r in enumerate(shards)]
+    _run_tasks(function, calls, store, stage, workers=workers, progress=progress, desc=f"{what} ({stage})")
+    return [store.read(stage, k) for k in range(len(shards))]
+
+
 def fingerprint_stage(
     structures: Sequence[Structure],
     store: ShardStore,
@@ -286,18 +305,9 @@ def fingerprint_stage(
 ) -> tuple[list[dict] | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Validity flags (None unless ``validity``) and fingerprints of ``structures``, computed as Ray tasks over
     shards (``workers.features``) whose results ``store`` keeps under ``stage``."""
-    shards = _chunks(len(structures), shard_size)
-    calls = [(k, lambda r=r: ([structures[i] for i in r], validity)) for k, r in enumerate(shards)]
-    _run_tasks(
-        remote.features,
-        calls,
-        store,
-        stage,
-        workers=workers,
-        progress=progress,
-        desc=f"fingerprints ({stage})",
+    values = _shard_values(
+        remote.features, structures, (validity,), store, stage, shard_size, workers, progress, "fingerprints"
     )
-    values = [store.read(stage, k) for k in range(len(shards))]
     flags = [f for v in values for f in v["flags"]] if validity else None
     return flags, _fingerprints(values)
 
@@ -315,18 +325,17 @@ def symmetry_stage(
     (``workers.space_groups``) whose results ``store`` keeps under ``stage``."""
     from hf_crystal.evaluation.symmetry import SYMPRECS
 
-    shards = _chunks(len(structures), shard_size)
-    calls = [(k, lambda r=r: ([structures[i] for i in r], SYMPRECS)) for k, r in enumerate(shards)]
-    _run_tasks(
+    values = _shard_values(
         remote.space_groups,
-        calls,
+        structures,
+        (SYMPRECS,),
         store,
         stage,
-        workers=workers,
-        progress=progress,
-        desc=f"space groups ({stage})",
+        shard_size,
+        workers,
+        progress,
+        "space groups",
     )
-    values = [store.read(stage, k) for k in range(len(shards))]
     return {p: [g for v in values for g in v[f"{p:g}"]] for p in SYMPRECS}
 
 
