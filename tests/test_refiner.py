@@ -32,15 +32,6 @@ TINY = dict(hidden_dim=32, edge_dim=16, num_layers=2, time_dim=16, num_freqs=4)
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, and stalls badly on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_pipeline(seed: int = 0) -> CrystalRefinerPipeline:
     torch.manual_seed(seed)
     pipe = CrystalRefinerPipeline(model=CSPNetModel(**TINY), scheduler=CrystalFlowScheduler())

@@ -17,7 +17,9 @@ def symmetry_tolerance(args: argparse.Namespace) -> float | None:
         raise UsageError("give --symmetry-tolerance or --no-symmetry, not both")
     if args.symmetry_tolerance is not None and not args.symmetry_tolerance > 0:
         raise UsageError(f"--symmetry-tolerance must be positive, got {args.symmetry_tolerance}")
-    return None if args.no_symmetry else (args.symmetry_tolerance or 0.1)
+    from hf_crystal.refiner.pipeline_refiner import DEFAULT_SYMMETRY_TOLERANCE
+
+    return None if args.no_symmetry else (args.symmetry_tolerance or DEFAULT_SYMMETRY_TOLERANCE)
 
 
 def add_symmetry_options(parser: argparse.ArgumentParser) -> None:
