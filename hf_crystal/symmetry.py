@@ -443,8 +443,9 @@ def symmetrize(
     A tolerance fails when spglib finds no group or an operation's atom map is not a species-keeping
     permutation, or when the projection moves an atom by more than the tolerance or brings two atoms closer than
     `min_distance` (Å) that were not already that close; then `tolerance / 10` and `tolerance / 100` are tried,
-    and if all fail the structure is returned as it is (case "plain"). `first` (a `SYMMETRIZE_CASES` case) starts
-    the ladder lower, e.g. "tolerance/10".
+    and if all fail the structure is returned as it is (case "plain"). Operations that are the identity alone (P1)
+    are returned with the structure itself: nothing to project, and a lower tolerance finds no more. `first` (a
+    `SYMMETRIZE_CASES` case) starts the ladder lower, e.g. "tolerance/10".
     """
     if first not in SYMMETRIZE_CASES:
         raise ValueError(f"first must be one of {SYMMETRIZE_CASES}, got {first!r}")
@@ -456,6 +457,8 @@ def symmetrize(
             operations = _operations(cell, tol)
         except SymmetryError:
             continue
+        if len(operations.rotations) == 1:  # the identity alone: nothing to project, no lower rung keeps more
+            return Symmetrized(structure, operations, case)
         coords, metric = _project(structure, operations)
         lattice = _lattice(metric)
         delta = coords - structure.frac_coords

@@ -168,6 +168,11 @@ def test_symmetrize_ladder():
     on_top = Structure(nacl.lattice, ["Na", *nacl.species], [nacl.frac_coords[0], *nacl.frac_coords])
     result = symmetrize(on_top, 0.1)
     assert result.case == "plain" and result.operations is None and result.structure is on_top
+    # A triclinic cell without inversion: the identity alone, the structure itself, no lower rung tried.
+    lattice = Lattice.from_parameters(4.1, 5.3, 6.2, 81, 97, 104)
+    p1 = Structure(lattice, ["Na", "Cl", "K"], [[0.0, 0.0, 0.0], [0.31, 0.17, 0.52], [0.63, 0.71, 0.09]])
+    result = symmetrize(p1, 0.1)
+    assert result.case == "tolerance" and result.operations.space_group == 1 and result.structure is p1
 
 
 def test_structurally_valid_decides_as_the_evaluation():
