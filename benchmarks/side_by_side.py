@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-VAL = Path("/work/shared/data/mp_20/val.csv")
+VAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mp_20" / "val.csv"
 SPLIT_IDS = {"report": "val_report_ids.txt", "select": "val_select_ids.txt"}
 NONE, PYXTAL = "none", "pyxtal"
 _NAME = re.compile(r"[A-Za-z0-9._+-]+")
