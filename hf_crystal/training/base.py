@@ -161,7 +161,13 @@ def train_base(
         "vocab_size": len(tokenizer),
         "architecture": {
             k: getattr(model.config, k)
-            for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+            )
         },
     }
     finish_run(
