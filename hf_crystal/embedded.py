@@ -9,7 +9,8 @@ embedded id at the default revision becomes its folder, so the default adapter's
 other than "main" still goes to the Hub, and a local folder of the same name wins, as in transformers.
 
 The bundle is `BASE_MODEL`, `DEFAULT_MODEL` (a LoRA adapter on it) and `DEFAULT_REFINER` (a FlowLLM refiner
-trained on the adapter's samples); `EMBEDDED` says which base and refiner each entry comes with.
+trained on the adapter's samples), and the Wyckoff-text model `WYCKOFF_MODEL` on `WYCKOFF_BASE`; `EMBEDDED` says
+which base and refiner each entry comes with.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "EMBEDDED",
     "EmbeddedModel",
     "EmbeddedModelError",
+    "WYCKOFF_BASE",
+    "WYCKOFF_MODEL",
     "embedded_folder",
     "models_dir",
     "refiner_for",
@@ -36,6 +39,10 @@ __all__ = [
 BASE_MODEL = "hf-crystal/crystal-llm-mp20-small"
 DEFAULT_MODEL = "hf-crystal/crystal-lora-mp20-small"
 DEFAULT_REFINER = "hf-crystal/crystal-refiner-mp20-lora"
+# The Wyckoff-text model (docs/wyckoff_text.md): base and adapter; it refines with the default refiner, which works
+# on structures whatever text wrote them.
+WYCKOFF_BASE = "hf-crystal/crystal-llm-mp20-wyckoff-small"
+WYCKOFF_MODEL = "hf-crystal/crystal-lora-mp20-wyckoff-small"
 
 
 class EmbeddedModelError(Exception):
@@ -73,6 +80,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(BASE_MODEL),
         EmbeddedModel(DEFAULT_MODEL, base=BASE_MODEL, refiner=DEFAULT_REFINER),
         EmbeddedModel(DEFAULT_REFINER),
+        EmbeddedModel(WYCKOFF_BASE),
+        EmbeddedModel(WYCKOFF_MODEL, base=WYCKOFF_BASE, refiner=DEFAULT_REFINER),
     )
 }
 

@@ -22,12 +22,25 @@ from pymatgen.core import Composition
 from transformers import AutoModelForCausalLM
 
 from hf_crystal import embedded
-from hf_crystal.embedded import BASE_MODEL, DEFAULT_MODEL, DEFAULT_REFINER, EMBEDDED
+from hf_crystal.embedded import (
+    BASE_MODEL,
+    DEFAULT_MODEL,
+    DEFAULT_REFINER,
+    EMBEDDED,
+    WYCKOFF_BASE,
+    WYCKOFF_MODEL,
+)
 from hf_crystal.hub import folder_kind
 from hf_crystal.structure_io import read_structures
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {BASE_MODEL: "base", DEFAULT_MODEL: "adapter", DEFAULT_REFINER: "refiner"}
+KINDS = {
+    BASE_MODEL: "base",
+    DEFAULT_MODEL: "adapter",
+    DEFAULT_REFINER: "refiner",
+    WYCKOFF_BASE: "base",
+    WYCKOFF_MODEL: "adapter",
+}
 
 
 def _name(repo_id: str) -> str:
@@ -191,6 +204,35 @@ def test_default_pipelines_and_generate_work_offline(bundle, tmp_path):
     _, structures, _ = read_structures(tmp_path / "refined.cif")
     assert [s.composition.reduced_formula for s in structures] == ["NaCl"] * 2
     assert (tmp_path / "refined.llm.cif").exists() and not (tmp_path / "plain.llm.cif").exists()
+
+
+_WYCKOFF = """
+import json
+from transformers import pipeline
+import hf_crystal
+from hf_crystal.embedded import WYCKOFF_MODEL
+from hf_crystal.loading import load_crystal_model
+
+model, tokenizer = load_crystal_model(WYCKOFF_MODEL, merge=True)
+pipe = pipeline("crystal-generation", model=model, tokenizer=tokenizer)
+sample = pipe({"formula": "NaCl", "spacegroup": 225}, temperature=0)[0]
+print(json.dumps({
+    "format": pipe.crystal_format,
+    "refiner": pipe.refiner is not None,
+    "spacegroup": sample["spacegroup"],
+    "formula": sample["refined_structure"].composition.reduced_formula,
+    "refined_group": sample["refined_structure"].get_space_group_info(symprec=0.01)[1],
+}))
+"""
+
+
+def test_the_wyckoff_model_loads_by_id_offline_with_its_refiner(bundle, tmp_path):
+    if not (bundle / _name(WYCKOFF_MODEL)).is_dir():
+        pytest.skip("the Wyckoff adapter is not in this models folder")
+    result = json.loads(_run(_WYCKOFF, bundle, tmp_path).splitlines()[-1])
+    assert result["format"] == "wyckoff" and result["refiner"]
+    # Constrained to the group and formula; the refiner keeps the group the text wrote.
+    assert result["spacegroup"] == result["refined_group"] == 225 and result["formula"] == "NaCl"
 
 
 def test_demo_runs_end_to_end(bundle, tmp_path):
