@@ -29,6 +29,7 @@ __all__ = [
     "EmbeddedModelError",
     "WYCKOFF_BASE",
     "WYCKOFF_MODEL",
+    "WYCKOFF_REFINER",
     "embedded_folder",
     "models_dir",
     "refiner_for",
@@ -40,9 +41,10 @@ BASE_MODEL = "hf-crystal/crystal-llm-mp20-small"
 DEFAULT_MODEL = "hf-crystal/crystal-lora-mp20-small"
 DEFAULT_REFINER = "hf-crystal/crystal-refiner-mp20-lora"
 # The Wyckoff-text model (docs/wyckoff_text.md): base and adapter; it refines with the default refiner, which works
-# on structures whatever text wrote them.
+# on structures whatever text wrote them. WYCKOFF_REFINER, trained on its samples, ships beside it.
 WYCKOFF_BASE = "hf-crystal/crystal-llm-mp20-wyckoff-small"
 WYCKOFF_MODEL = "hf-crystal/crystal-lora-mp20-wyckoff-small"
+WYCKOFF_REFINER = "hf-crystal/crystal-refiner-mp20-wyckoff"
 
 
 class EmbeddedModelError(Exception):
@@ -82,6 +84,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(DEFAULT_REFINER),
         EmbeddedModel(WYCKOFF_BASE),
         EmbeddedModel(WYCKOFF_MODEL, base=WYCKOFF_BASE, refiner=DEFAULT_REFINER),
+        EmbeddedModel(WYCKOFF_REFINER),
     )
 }
 

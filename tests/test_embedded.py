@@ -29,6 +29,7 @@ from hf_crystal.embedded import (
     EMBEDDED,
     WYCKOFF_BASE,
     WYCKOFF_MODEL,
+    WYCKOFF_REFINER,
 )
 from hf_crystal.hub import folder_kind
 from hf_crystal.structure_io import read_structures
@@ -40,6 +41,7 @@ KINDS = {
     DEFAULT_REFINER: "refiner",
     WYCKOFF_BASE: "base",
     WYCKOFF_MODEL: "adapter",
+    WYCKOFF_REFINER: "refiner",
 }
 
 
