@@ -93,6 +93,21 @@ def test_pairs_are_cached_and_resume(setup, tmp_path, monkeypatch):
     assert other["x0"] != first["x0"] and len(list(tmp_path.iterdir())) == 2
 
 
+def test_pairs_cache_key_follows_an_embedded_models_weights(tmp_path, monkeypatch):
+    # An embedded model is retrained in place under its Hub id: its pairs must not be read from the old cache.
+    from hf_crystal import embedded
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"first weights")
+    monkeypatch.setattr(embedded, "embedded_folder", lambda model, revision=None: folder)
+    x1 = rocksalt()
+    key = lambda: pairs_module.pairs_cache_key("hf-crystal/x", None, ["a"], [x1], PairSettings())  # noqa: E731
+    before = key()
+    (folder / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert key() != before
+
+
 # Fixed LLM pairs can be fitted closely; fresh uniform draws leave the velocity's irreducible variance.
 @pytest.mark.parametrize(("base", "ratio"), [("uniform", 0.85), ("llm", 0.5)])
 def test_training_lowers_the_loss_and_saves_a_refiner(setup, tmp_path, base, ratio):

@@ -98,9 +98,12 @@ class PairSettings:
     attempts: int = 1
 
 
-def _weights_digest(model: str) -> str:
-    """A digest of a local model folder's weight files (their sizes and first MB), or '' for a Hub id."""
-    folder = Path(model)
+def _weights_digest(model: str, revision: str | None = None) -> str:
+    """A digest of the weight files (their sizes and first MB) of a local model folder or of an embedded model's
+    folder (`hf_crystal.embedded`: retrained in place under one Hub id), or '' for another Hub id."""
+    from hf_crystal import embedded
+
+    folder = embedded.embedded_folder(model, revision) or Path(model)
     if not folder.is_dir():
         return ""
     digest = hashlib.sha256()
@@ -126,7 +129,7 @@ def pairs_cache_key(
     key = {
         "model": str(model),
         "revision": revision,
-        "weights": _weights_digest(model),
+        "weights": _weights_digest(model, revision),
         "data": data.hexdigest(),
         # One attempt (the default) leaves the key as it was before `attempts` existed: old caches stay valid.
         "settings": {k: v for k, v in asdict(settings).items() if k != "attempts" or v != 1},
