@@ -93,19 +93,26 @@ def test_pairs_are_cached_and_resume(setup, tmp_path, monkeypatch):
     assert other["x0"] != first["x0"] and len(list(tmp_path.iterdir())) == 2
 
 
-def test_pairs_cache_key_follows_an_embedded_models_weights(tmp_path, monkeypatch):
-    # An embedded model is retrained in place under its Hub id: its pairs must not be read from the old cache.
+def test_pairs_cache_key_follows_an_embedded_adapters_and_its_bases_weights(tmp_path, monkeypatch):
+    # Embedded models are retrained in place under their Hub ids: pairs must not be read from the old cache.
     from hf_crystal import embedded
 
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_model.safetensors").write_bytes(b"first weights")
-    monkeypatch.setattr(embedded, "embedded_folder", lambda model, revision=None: folder)
+    folders = {"hf-crystal/adapter": tmp_path / "adapter", "hf-crystal/base": tmp_path / "base"}
+    for folder in folders.values():
+        folder.mkdir()
+    adapter, base = folders["hf-crystal/adapter"], folders["hf-crystal/base"]
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "hf-crystal/base"}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"adapter weights")
+    (base / "model.safetensors").write_bytes(b"base weights")
+    monkeypatch.setattr(embedded, "embedded_folder", lambda model, revision=None: folders.get(str(model)))
     x1 = rocksalt()
-    key = lambda: pairs_module.pairs_cache_key("hf-crystal/x", None, ["a"], [x1], PairSettings())  # noqa: E731
-    before = key()
-    (folder / "adapter_model.safetensors").write_bytes(b"other weights")
-    assert key() != before
+    key = lambda: pairs_module.pairs_cache_key("hf-crystal/adapter", None, ["a"], [x1], PairSettings())  # noqa: E731
+    keys = [key()]
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained adapter")
+    keys.append(key())
+    (base / "model.safetensors").write_bytes(b"retrained base")
+    keys.append(key())
+    assert len(set(keys)) == 3 and key() == keys[-1]
 
 
 # Fixed LLM pairs can be fitted closely; fresh uniform draws leave the velocity's irreducible variance.

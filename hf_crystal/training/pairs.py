@@ -100,7 +100,8 @@ class PairSettings:
 
 def _weights_digest(model: str, revision: str | None = None) -> str:
     """A digest of the weight files (their sizes and first MB) of a local model folder or of an embedded model's
-    folder (`hf_crystal.embedded`: retrained in place under one Hub id), or '' for another Hub id."""
+    folder (`hf_crystal.embedded`: retrained in place under one Hub id), with its base's for a LoRA adapter; ''
+    for another Hub id."""
     from hf_crystal import embedded
 
     folder = embedded.embedded_folder(model, revision) or Path(model)
@@ -111,6 +112,12 @@ def _weights_digest(model: str, revision: str | None = None) -> str:
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
         with path.open("rb") as handle:
             digest.update(handle.read(1 << 20))
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():  # an adapter's samples depend on its base as much
+        config = json.loads(adapter_config.read_text())
+        base = config.get("base_model_name_or_path")
+        if base:
+            digest.update(_weights_digest(base, config.get("revision")).encode())
     return digest.hexdigest()
 
 
