@@ -5,6 +5,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 from factories import structures
 
 from hf_crystal.testing import save_tiny_llama
@@ -36,3 +37,34 @@ def test_sampling_sweep_writes_cells_table_and_heat_maps(tmp_path, monkeypatch, 
     stamp = (out / "T1_p1.json").stat().st_mtime_ns
     _run_script("sweep_sampling.py", argv, monkeypatch)
     assert (out / "T1_p1.json").stat().st_mtime_ns == stamp
+
+
+def test_loss_curves_put_stages_one_after_another(tmp_path, monkeypatch, capsys):
+    for name, losses in (("s1", [3.0, 2.0, 1.0, 1.0]), ("s2", [0.9, 0.7])):
+        log = [{"step": 10 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_log.json").write_text(
+            json.dumps([*log, {"step": 40, "train_runtime": 1.0}])
+        )
+    out = tmp_path / "loss.png"
+    argv = [
+        f"one={tmp_path / 's1'}",
+        f"two={tmp_path / 's2' / 'train_log.json'}",
+        "--stages",
+        "--window",
+        "20",
+    ]
+    _run_script("loss_curves.py", [*argv, "--out", str(out)], monkeypatch)
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| one") or line.startswith("| two")
+    ]
+    assert rows == ["| one | 1-20 | 2.500 |", "| one | 21-40 | 1.000 |", "| two | 41-60 | 0.800 |"]
+    assert out.stat().st_size > 1000
+
+
+def test_loss_curves_say_what_is_missing(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _run_script("loss_curves.py", [str(tmp_path / "nowhere")], monkeypatch)
+    assert "no train_log.json there" in capsys.readouterr().err
