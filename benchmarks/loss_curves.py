@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
             curves.append((label or path, *read_losses(Path(path))))
         except (FileNotFoundError, ValueError) as exc:
             parser.error(str(exc))
+    # With --stages each run starts where the previous one ended.
+    ends = [int(steps.max()) if args.stages else 0 for _, steps, _ in curves]
+    offsets = np.concatenate([[0], np.cumsum(ends)[:-1]]).astype(int)
     print("| run | steps | mean loss |\n|---|---|---|")
-    offset = 0
-    for label, steps, losses in curves:
+    for (label, steps, losses), offset in zip(curves, offsets, strict=True):
         for first, last, mean in window_means(steps, losses, args.window):
             print(f"| {label} | {first + offset:,}-{last + offset:,} | {mean:.3f} |")
-        offset += int(steps.max()) if args.stages else 0
     if args.out:
         import matplotlib
 
@@ -69,10 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        offset = 0
-        for label, steps, losses in curves:
+        for (label, steps, losses), offset in zip(curves, offsets, strict=True):
             ax.plot(steps + offset, losses, lw=1, label=label)
-            offset += int(steps.max()) if args.stages else 0
         ax.set_xlabel("optimizer step" + (" (stages one after another)" if args.stages else ""))
         ax.set_ylabel("training loss (logged)")
         ax.set_yscale("log")

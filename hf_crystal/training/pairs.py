@@ -104,7 +104,7 @@ def _weights_digest(model: str, revision: str | None = None) -> str:
     for another Hub id."""
     from hf_crystal import embedded
 
-    folder = embedded.embedded_folder(model, revision) or Path(model)
+    folder = Path(embedded.resolve(model, revision)[0])
     if not folder.is_dir():
         return ""
     digest = hashlib.sha256()
