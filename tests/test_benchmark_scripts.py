@@ -68,3 +68,19 @@ def test_loss_curves_say_what_is_missing(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         _run_script("loss_curves.py", [str(tmp_path / "nowhere")], monkeypatch)
     assert "no train_log.json there" in capsys.readouterr().err
+
+
+def test_anion_balance_sorts_cells_by_anion_share_and_counts_unbalanced(tmp_path, monkeypatch, capsys):
+    from pymatgen.core import Lattice, Structure
+
+    def cell(species):
+        coords = [[i / len(species), 0.5, 0.5] for i in range(len(species))]
+        return Structure(Lattice.cubic(3.0 * len(species)), species, coords)
+
+    # No anion; NaCl (half anions, balanced); Na3Cl and NaCl3 (a quarter and three quarters, neither balanced).
+    cells = [cell(["Na"]), cell(["Na", "Cl"]), cell(["Na", "Na", "Na", "Cl"]), cell(["Na", "Cl", "Cl", "Cl"])]
+    source = tmp_path / "samples.cif"
+    source.write_text("".join(s.to(fmt="cif") for s in cells))
+    _run_script("anion_balance.py", [f"t={source}"], monkeypatch)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| t")]
+    assert rows == ["| t | 4 | 0.250 (0.00) | 0.250 (1.00) | 0.250 (0.00) | 0.250 (1.00) | 0.500 |"]
