@@ -141,7 +141,7 @@ def main() -> None:
         for steps in args.steps:
             for batch_size in args.batch_sizes:
                 chunk = structures[: args.num or (batch_size if batch_size > 1 else SINGLE_STRUCTURES)]
-                cells = [niggli_reduced(s) for s in chunk]
+                cells = [niggli_reduced(s) for s in chunk] if any(tolerances) else []
                 rates = {setting: [] for setting in tolerances + [f"search {t}" for t in tolerances if t]}
                 for _ in range(args.repeats):
                     for setting in rates:
