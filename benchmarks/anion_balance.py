@@ -48,7 +48,7 @@ def balance(compositions: list[Composition]) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="+", help="[LABEL=]PATH of samples or a CDVAE CSV")
-    parser.add_argument("--limit", type=int, help="read at most this many structures of each source")
+    parser.add_argument("--limit", type=int, help="count only the first N structures of each source")
     args = parser.parse_args()
     print(f"| source | N | {' | '.join(CLASSES)} | not balanced |")
     print("|" + "---|" * (len(CLASSES) + 3))
