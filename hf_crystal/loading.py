@@ -16,6 +16,7 @@ def load_crystal_model(
     *,
     allow_pickle: bool = False,
     merge: bool = False,
+    base: str | Path | None = None,
     **model_kwargs,
 ):
     """(model, tokenizer) from a full model or a LoRA adapter, as a local folder or a Hub id.
@@ -25,7 +26,8 @@ def load_crystal_model(
     (`model.name_or_path`). For an adapter, the base comes from its adapter_config (at the base revision
     recorded there; an embedded base from the package) and `revision` pins the adapter only; the adapter's
     own tokenizer is used when it ships one, and `merge=True` merges it into the base (a plain model, faster
-    to run). (transformers' `pipeline(model=ADAPTER, revision=R)` applies R to the base repo too and always
+    to run). `base` (folder or Hub id, at its main revision) puts an adapter on another base than the one its
+    adapter_config names, e.g. an earlier training stage of it. (transformers' `pipeline(model=ADAPTER, revision=R)` applies R to the base repo too and always
     takes the base's tokenizer: pass the result of this function to `pipeline` instead.)
     Weights load only from safetensors (`UnsafeWeightsError` otherwise) unless `allow_pickle`; offline,
     a repo missing from the cache raises `HubOfflineError` (see `hf_crystal.hub_access`).
@@ -50,13 +52,19 @@ def load_crystal_model(
             )
             if any(_has_file(source, revision, name) for name in pickles):
                 raise UnsafeWeightsError(_PICKLE_ONLY.format(source=source))
+        if base is not None and not adapter:
+            raise ValueError(f"base= puts an adapter on another base, but {source} is not an adapter")
         if not adapter:
             model = AutoModelForCausalLM.from_pretrained(source, revision=revision, **model_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         else:
             # As peft's AutoPeftModelForCausalLM, with the base's Hub id resolved like any other.
             config = PeftConfig.from_pretrained(source, revision=revision)
-            base_source, base_revision = embedded.resolve(config.base_model_name_or_path, config.revision)
+            base_source, base_revision = (
+                embedded.resolve(str(base), None)
+                if base is not None
+                else embedded.resolve(config.base_model_name_or_path, config.revision)
+            )
             with offline_errors(base_source):
                 base = AutoModelForCausalLM.from_pretrained(
                     base_source, revision=base_revision, **model_kwargs

@@ -84,3 +84,37 @@ def test_anion_balance_sorts_cells_by_anion_share_and_counts_unbalanced(tmp_path
     _run_script("anion_balance.py", [f"t={source}"], monkeypatch)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| t")]
     assert rows == ["| t | 4 | 0.250 (0.00) | 0.250 (1.00) | 0.250 (0.00) | 0.250 (1.00) | 0.500 |"]
+
+
+def test_compare_bases_loads_an_adapter_on_another_base(tmp_path, monkeypatch, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hf_crystal.loading import load_crystal_model
+
+    first, second = save_tiny_llama(tmp_path / "first", seed=0), save_tiny_llama(tmp_path / "second", seed=1)
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(first), lora).save_pretrained(adapter)
+    load = runpy.run_path(str(BENCHMARKS / "compare_bases.py"))["load"]
+
+    def weights(model):
+        return model.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+
+    # A fresh LoRA adds nothing (B = 0): the merged model is the base it was put on.
+    on_first, on_second = load(str(adapter))[0], load(f"{adapter}@{second}")[0]
+    assert torch.equal(weights(on_first), weights(AutoModelForCausalLM.from_pretrained(first)))
+    assert torch.equal(weights(on_second), weights(AutoModelForCausalLM.from_pretrained(second)))
+    assert not torch.equal(weights(on_first), weights(on_second))
+    with pytest.raises(ValueError, match="is not an adapter"):
+        load_crystal_model(first, base=second)
+
+    argv = [str(first), f"{adapter}@{second}", "--num", "3", "--batch-size", "3", "--threads", "1"]
+    _run_script("compare_bases.py", argv, monkeypatch)
+    rows = [
+        line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tmp_path}")
+    ]
+    assert [row[0] for row in rows] == [f"| {first}", f"| {adapter}@{second}"]
+    for row in rows:
+        assert row[1] == "3" and all("[" in cell and "]" in cell for cell in row[3:5])  # rates with intervals
