@@ -4,8 +4,8 @@ tokens per crystal and crystals/s. Constrained decoding in each model's own text
 config), every model at the same seed.
 
 A model is a folder or Hub id (a base, or an adapter on the base its adapter_config names), or `ADAPTER@BASE`: an
-adapter merged into another base, e.g. an adapter on an earlier stage than the embedded one. Draws of about 500
-samples differ by +-0.035 at validity rates near 0.8: compare with --num 2048 or more.
+adapter merged into another base, e.g. an adapter on an earlier stage than the embedded one. At validity rates near
+0.8 a draw of 500 samples is uncertain by +-0.035 (95%), a difference of two by +-0.05: compare with --num 2048.
 
     python benchmarks/compare_bases.py models/crystal-llm-mp20-wyckoff-small models/crystal-llm-mp20-small
     python benchmarks/compare_bases.py hf-crystal/crystal-lora-mp20-wyckoff-small OLD_ADAPTER@OLD_BASE --num 2048
