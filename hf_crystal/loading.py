@@ -27,8 +27,9 @@ def load_crystal_model(
     recorded there; an embedded base from the package) and `revision` pins the adapter only; the adapter's
     own tokenizer is used when it ships one, and `merge=True` merges it into the base (a plain model, faster
     to run). `base` (folder or Hub id, at its main revision) puts an adapter on another base than the one its
-    adapter_config names, e.g. an earlier training stage of it. (transformers' `pipeline(model=ADAPTER, revision=R)` applies R to the base repo too and always
-    takes the base's tokenizer: pass the result of this function to `pipeline` instead.)
+    adapter_config names, e.g. an earlier training stage of it. (transformers' `pipeline(model=ADAPTER,
+    revision=R)` applies R to the base repo too and always takes the base's tokenizer: pass the result of this
+    function to `pipeline` instead.)
     Weights load only from safetensors (`UnsafeWeightsError` otherwise) unless `allow_pickle`; offline,
     a repo missing from the cache raises `HubOfflineError` (see `hf_crystal.hub_access`).
     """
@@ -66,7 +67,7 @@ def load_crystal_model(
                 else embedded.resolve(config.base_model_name_or_path, config.revision)
             )
             with offline_errors(base_source):
-                base = AutoModelForCausalLM.from_pretrained(
+                base_model = AutoModelForCausalLM.from_pretrained(
                     base_source, revision=base_revision, **model_kwargs
                 )
             own_tokenizer = _has_file(source, revision, "tokenizer_config.json")
@@ -75,9 +76,9 @@ def load_crystal_model(
                 if own_tokenizer
                 else AutoTokenizer.from_pretrained(base_source, revision=base_revision)
             )
-            if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-                base.resize_token_embeddings(len(tokenizer))
-            model = PeftModel.from_pretrained(base, source, revision=revision, config=config)
+            if len(tokenizer) > base_model.get_input_embeddings().weight.shape[0]:
+                base_model.resize_token_embeddings(len(tokenizer))
+            model = PeftModel.from_pretrained(base_model, source, revision=revision, config=config)
             if merge:
                 model = model.merge_and_unload()
     if folder is not None:
