@@ -18,7 +18,7 @@ import torch
 from transformers import pipeline
 
 import hf_crystal  # noqa: F401  (registers the task)
-from hf_crystal.evaluation.rates import wilson_interval
+from hf_crystal.evaluation.rates import format_rate
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.loading import load_crystal_model
 from hf_crystal.symmetry import space_group
@@ -28,11 +28,6 @@ def load(spec: str):
     """(model, tokenizer) of a folder or Hub id, or of `ADAPTER@BASE` (the adapter merged into BASE)."""
     adapter, _, base = spec.partition("@")
     return load_crystal_model(adapter, merge=True, base=base or None)
-
-
-def rate(count: int, n: int) -> str:
-    low, high = wilson_interval(count, n)
-    return f"{count / n:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def main() -> None:
@@ -63,8 +58,8 @@ def main() -> None:
         tokens = [len(pipe.tokenizer(s["text"], add_special_tokens=False)["input_ids"]) for s in samples]
         n = len(samples)
         print(
-            f"| {model} | {n} | {len(parsed) / n:.3f} | {rate(sum(f['struct_valid'] for f in flags), n)} "
-            f"| {rate(sum(f['comp_valid'] for f in flags), n)} | {sum(g == 1 for g in groups) / n:.3f} "
+            f"| {model} | {n} | {len(parsed) / n:.3f} | {format_rate(sum(f['struct_valid'] for f in flags), n)} "
+            f"| {format_rate(sum(f['comp_valid'] for f in flags), n)} | {sum(g == 1 for g in groups) / n:.3f} "
             f"| {sum(g is None for g in groups) / n:.3f} | {len(set(groups) - {None})} "
             f"| {sum(tokens) / n:.1f} | {n / seconds:.2f} |",
             flush=True,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_crystal.evaluation.rates import wilson_interval
+from hf_crystal.evaluation.rates import format_rate
 from hf_crystal.evaluation.validity import validity_flags
 from hf_crystal.refiner import CrystalBatch
 from hf_crystal.structure_io import read_structures
@@ -52,9 +52,8 @@ def rotations(structure, symprec: float) -> tuple[set[bytes], int] | None:
 
 
 def rate(flags: list[bool]) -> str:
-    """'0.584 [0.540, 0.627] (292/500)': share with its 95% Wilson interval."""
-    low, high = wilson_interval(sum(flags), len(flags))
-    return f"{np.mean(flags):.3f} [{low:.3f}, {high:.3f}] ({sum(flags)}/{len(flags)})"
+    """'0.584 [0.540, 0.626] (292/500)': share with its 95% Wilson interval."""
+    return f"{format_rate(sum(flags), len(flags))} ({sum(flags)}/{len(flags)})"
 
 
 def requested_groups(path: str) -> dict[str, int]:

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from hf_crystal.cache import cache_dir
-from hf_crystal.evaluation.metrics import wilson_interval
+from hf_crystal.evaluation.rates import format_rate, wilson_interval
 from hf_crystal.evaluation.relax import BatchedRelaxer
 from hf_crystal.evaluation.stability import HullError, corrected_entries, shipped_hull, stability_flags
 from hf_crystal.evaluation.validity import validity_flags
@@ -64,9 +64,8 @@ def main() -> None:
         for symprec in (0.1, 0.01):
             groups = [space_group(r.structure, symprec) for r in ok]
             p1 = sum(g == 1 for g in groups)
-            low, high = wilson_interval(p1, len(ok))
             cells += [
-                f"{p1 / len(ok):.3f} [{low:.3f}, {high:.3f}]",
+                format_rate(p1, len(ok)),
                 f"{sum(g is None for g in groups) / len(ok):.3f}",
             ]
         n = len(valid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["wilson_interval"]
+__all__ = ["format_rate", "wilson_interval"]
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -16,3 +16,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         return float("nan"), float("nan")
     interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(interval.low), float(interval.high)
+
+
+def format_rate(successes: int, n: int) -> str:
+    """'0.584 [0.540, 0.626]': the share ``successes / n`` with its 95% Wilson interval, as report tables print it."""
+    low, high = wilson_interval(successes, n)
+    return f"{successes / n:.3f} [{low:.3f}, {high:.3f}]"
