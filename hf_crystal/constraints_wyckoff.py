@@ -13,6 +13,8 @@ What is enforced, character by character, on the completion exactly as `text_wyc
 - with a composition (atoms of the primitive cell): a label only when the atoms it adds (its multiplicity over
   the centering) leave counts that the group's remaining positions can still fill, so every sample ends with
   exactly the composition; EOS only then. Without one: at most `max_sites` atoms of the primitive cell.
+- spacing (`hf_crystal.constraints_geometry`): no last free coordinate of an orbit, and no fixed position, that
+  would put an atom closer than `min_distance` to another, where the grammar leaves another choice.
 
 The grammar is a character automaton over immutable states; each state's allowed tokens are found once by
 walking the vocabulary trie with only the characters the state can take (cached per state and shared by equal
@@ -46,6 +48,8 @@ from hf_crystal.constraints import (
     per_tokenizer,
     token_trie,
 )
+from hf_crystal.constraints_geometry import blocked_tokens
+from hf_crystal.evaluation.validity import MIN_INTERATOMIC_DISTANCE
 from hf_crystal.text import ELEMENT_SYMBOLS
 from hf_crystal.text_wyckoff import _CENTERING_VECTORS, lattice_parameter_names
 
@@ -123,6 +127,8 @@ class WyckoffConstraint:
         composition: exact atom counts of the primitive cell, e.g. {"Na": 1, "Cl": 1}.
         elements: allowed element symbols when there is no composition (None: all 118).
         max_sites: most atoms of the primitive cell (without a composition).
+        min_distance: closest two atoms may be written, in Å (default: the structural-validity threshold; 0
+            turns spacing off).
 
     Raises `ConstraintError` for a request no orbits can meet.
     """
@@ -131,6 +137,7 @@ class WyckoffConstraint:
     composition: Mapping[str, int] | None = None
     elements: tuple[str, ...] | None = None
     max_sites: int = DEFAULT_MAX_SITES
+    min_distance: float = MIN_INTERATOMIC_DISTANCE
 
     def __post_init__(self):
         if self.spacegroup is not None and not (
@@ -139,6 +146,8 @@ class WyckoffConstraint:
             raise ConstraintError(f"spacegroup must be an integer 1-230, got {self.spacegroup!r}")
         if not (isinstance(self.max_sites, int) and self.max_sites >= 1):
             raise ConstraintError(f"max_sites must be a positive integer, got {self.max_sites!r}")
+        if not (isinstance(self.min_distance, int | float) and 0 <= self.min_distance < float("inf")):
+            raise ConstraintError(f"min_distance must be a number of Å >= 0, got {self.min_distance!r}")
         for symbol in [*(self.elements or ()), *(self.composition or ())]:
             if symbol not in ELEMENT_SYMBOLS:
                 raise ConstraintError(f"unknown element symbol {symbol!r}")
@@ -370,7 +379,8 @@ class _Vocabulary:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.eos = eos_token_id(tokenizer)
-        self.trie = token_trie(_token_texts(tokenizer))
+        self.texts = _token_texts(tokenizer)
+        self.trie = token_trie(self.texts)
         self._rules: dict[tuple, _Rule] = {}
 
     def rule(self, constraint: WyckoffConstraint) -> _Rule:
@@ -381,6 +391,7 @@ class _Vocabulary:
             None if composition is None else tuple(sorted((s, int(n)) for s, n in composition.items())),
             None if constraint.elements is None else frozenset(constraint.elements),
             constraint.max_sites,
+            float(constraint.min_distance),
         )
         rule = self._rules.pop(key, None) or _Rule(constraint, self)
         self._rules[key] = rule  # the most recently used last
@@ -429,6 +440,7 @@ class _Rule:
     def __init__(self, constraint: WyckoffConstraint, vocabulary: _Vocabulary):
         self.grammar = _Grammar(constraint)
         self.vocabulary = vocabulary
+        self.min_distance = float(constraint.min_distance)
         self._nodes: dict[tuple, _Node] = {}
         self._templates: dict[tuple, _Node | None] = {}  # per state of a context-free phase, any context
 
@@ -603,4 +615,18 @@ class WyckoffLogitsProcessor(LogitsProcessor):
         self._follow(generated)
         free = torch.zeros(width, dtype=torch.bool)  # a finished row: generate pads it
         blocked = torch.stack([free if node is None else node.blocked(width) for node in self._nodes])
+        self._space(blocked, generated)
         return scores.masked_fill(blocked.to(scores.device), float("-inf"))
+
+    def _space(self, blocked: torch.Tensor, generated: torch.Tensor) -> None:
+        """Add to `blocked` the tokens that would write two atoms too close (`hf_crystal.constraints_geometry`),
+        for the rows about to write the last coordinate of an orbit or a Wyckoff label."""
+        for row, node in enumerate(self._nodes):
+            rule = self._row_rules[row]
+            if node is None or not rule.min_distance or node.state[0] not in ("value", "label"):
+                continue
+            texts = rule.vocabulary.texts
+            text = "".join(texts[t] or "" for t in generated[row].tolist())
+            tokens = blocked_tokens(node.state, node.moves, text, texts, rule.min_distance)
+            if tokens:
+                blocked[row, tokens] = True

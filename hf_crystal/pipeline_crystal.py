@@ -46,7 +46,7 @@ from hf_crystal.constraints import (
 )
 from hf_crystal.constraints_wyckoff import WyckoffConstraint, WyckoffLogitsProcessor
 from hf_crystal.crystal_format import format_of
-from hf_crystal.evaluation.validity import validity_flags
+from hf_crystal.evaluation.validity import MIN_INTERATOMIC_DISTANCE, validity_flags
 from hf_crystal.generation_utils import generate_rows
 from hf_crystal.prompts import condition_cells, generation_prompt, parse_conditions
 from hf_crystal.sampling import generation_config, model_setting
@@ -75,6 +75,8 @@ class CrystalGenerationPipeline(Pipeline):
         elements: restrict constrained decoding to these element symbols.
         max_sites: the most sites a constrained sample (and an "any" formula's cell) may have (default: the
             model's generation config `max_sites`, else 64).
+        min_distance: Wyckoff-text models: the closest two atoms may be written, in Å (default: the
+            structural-validity threshold, 0.5; 0 turns it off; `hf_crystal.constraints_geometry`).
         until_valid: resample each invalid slot, at most `max_attempts` samples per slot (validity of the
             LLM's structure, before refinement).
         refine_steps: Euler steps of the refiner (default: the model's generation config `refine_steps`, else the
@@ -114,6 +116,7 @@ class CrystalGenerationPipeline(Pipeline):
         constrain=None,
         elements=None,
         max_sites=None,
+        min_distance=None,
         formula_units=None,
         until_valid=None,
         max_attempts=None,
@@ -126,6 +129,7 @@ class CrystalGenerationPipeline(Pipeline):
             ("constrain", constrain),
             ("elements", elements),
             ("max_sites", max_sites),
+            ("min_distance", min_distance),
             ("formula_units", formula_units),
         ):
             if value is not None:
@@ -166,7 +170,13 @@ class CrystalGenerationPipeline(Pipeline):
         )
 
     def preprocess(
-        self, conditions: Mapping, constrain: bool = True, elements=None, max_sites=None, formula_units="any"
+        self,
+        conditions: Mapping,
+        constrain: bool = True,
+        elements=None,
+        max_sites=None,
+        min_distance=None,
+        formula_units="any",
     ) -> dict:
         if max_sites is None:
             max_sites = model_setting(self.model, "max_sites", DEFAULT_MAX_SITES)
@@ -174,7 +184,7 @@ class CrystalGenerationPipeline(Pipeline):
         encoded, kept, error = [], [], None
         for cell, weight in zip(cells, weights, strict=True):
             try:
-                encoded.append(self._encode(cell, constrain, elements, max_sites))
+                encoded.append(self._encode(cell, constrain, elements, max_sites, min_distance))
                 kept.append(weight)
             except ConstraintError as err:  # Wyckoff text: this many formula units fit no orbits of the group
                 if self.crystal_format == "xyz":
@@ -190,8 +200,12 @@ class CrystalGenerationPipeline(Pipeline):
         choices = {"weights": torch.as_tensor(weights), "encoded": encoded} if len(encoded) > 1 else None
         return {**encoded[0], "choices": choices}
 
-    def _encode(self, conditions: Mapping, constrain: bool, elements, max_sites: int) -> dict:
+    def _encode(self, conditions: Mapping, constrain: bool, elements, max_sites: int, min_distance) -> dict:
         """Prompt tokens, constraint and conditions as the prompt states them (whole-cell formula, rounded)."""
+        if min_distance is not None and self.crystal_format != "wyckoff":
+            raise ValueError(
+                f"min_distance applies to models that write Wyckoff text; this one writes {self.crystal_format}"
+            )
         prompt = generation_prompt(conditions, self.crystal_format)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         constraint = None
@@ -206,6 +220,7 @@ class CrystalGenerationPipeline(Pipeline):
                     composition=composition,
                     elements=elements,
                     max_sites=max_sites,
+                    min_distance=MIN_INTERATOMIC_DISTANCE if min_distance is None else min_distance,
                 )
             else:
                 constraint = CrystalConstraint(

@@ -106,3 +106,69 @@ def test_processor_select_keeps_row_states():
     allowed = {tokenizer.decode([i]) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()}
     assert allowed == {"1"}
     assert processor.select([1])._history[0][0] == tuple(ids[1].tolist())
+
+
+def _allowed_after(text: str, **constraint) -> set[str]:
+    """The tokens the processor allows after completion `text` (one row)."""
+    tokenizer = build_crystal_tokenizer()
+    processor = WyckoffLogitsProcessor(tokenizer, WyckoffConstraint(**constraint), prompt_length=0)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    scores = processor(ids, torch.zeros(1, len(tokenizer)))
+    return {tokenizer.decode([i]) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()}
+
+
+def test_spacing_blocks_the_last_values_that_put_atoms_too_close():
+    # Pm-3m, a = 4 Å, Na on 1a (0,0,0), Cl on 6e (x,0,0): Cl is 4x Å from Na and 8|x - 0.5| Å from its own
+    # image (-x,0,0); both >= 0.5 Å only for 0.13 <= x <= 0.43 or 0.57 <= x <= 0.87.
+    head = "221\n4.0\nNa 1a\nCl 6e 0."
+    assert _allowed_after(head) == set("12345678")
+    assert _allowed_after(head + "1") == set("3456789")
+    assert _allowed_after(head + "5") == set("789")
+    assert _allowed_after(head + "8") == set("01234567")
+    assert _allowed_after(head, min_distance=0) == set("0123456789")  # spacing off
+    # A cell where no value keeps Cl 0.5 Å from Na: nothing is blocked, the grammar's choice stands.
+    assert _allowed_after("221\n1.0\nNa 1a\nCl 6e 0.") == set("0123456789")
+
+
+def test_spacing_blocks_fixed_positions_next_to_written_atoms():
+    # Cl on 6e at x = 0.45 is 0.2 Å from 3d's (1/2,0,0); 3c (0,1/2,1/2) is far from every Cl.
+    assert _allowed_after("221\n4.0\nCl 6e 0.45\nNa 3") == {"c"}
+    assert _allowed_after("221\n4.0\nCl 6e 0.45\nNa 3", min_distance=0) == {"c", "d"}
+    with pytest.raises(ConstraintError, match="min_distance"):
+        WyckoffConstraint(min_distance=-1)
+
+
+def _random_completion(head: str, rng: np.random.Generator, **constraint) -> str:
+    """`head`, then tokens drawn uniformly among those the processor allows, to EOS: a model that places atoms
+    at random."""
+    tokenizer = build_crystal_tokenizer()
+    processor = WyckoffLogitsProcessor(tokenizer, WyckoffConstraint(**constraint), prompt_length=0)
+    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    while True:
+        scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))
+        allowed = torch.isfinite(scores[0]).nonzero().flatten().tolist()
+        token = allowed[rng.integers(len(allowed))]
+        if token == tokenizer.eos_token_id:
+            return tokenizer.decode(ids)
+        ids.append(token)
+
+
+def test_random_coordinates_are_spaced():
+    from hf_crystal.evaluation.validity import validity_flags
+
+    def valid(min_distance):
+        rng = np.random.default_rng(0)
+        request = {"spacegroup": 123, "composition": {"Sr": 2, "Ti": 2, "O": 6}, "min_distance": min_distance}
+        texts = [_random_completion("123\n4.0 6.0\n", rng, **request) for _ in range(20)]
+        return sum(validity_flags(decode(t, format="wyckoff"))["struct_valid"] for t in texts)
+
+    assert valid(0.5) == 20
+    assert valid(0) < 15  # without spacing, random coordinates often collide (7 of 20 valid at this seed)
+
+
+def test_pipeline_passes_min_distance(wyckoff_pipe, tmp_path):
+    assert wyckoff_pipe.preprocess({"spacegroup": 221}, min_distance=0.8)["constraint"].min_distance == 0.8
+    assert wyckoff_pipe.preprocess({"spacegroup": 221})["constraint"].min_distance == 0.5
+    xyz = pipeline("crystal-generation", model=str(save_tiny_llama(tmp_path / "xyz")))
+    with pytest.raises(ValueError, match="Wyckoff text"):
+        xyz({}, min_distance=0.8)
