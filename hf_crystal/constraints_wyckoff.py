@@ -13,15 +13,16 @@ What is enforced, character by character, on the completion exactly as `text_wyc
 - with a composition (atoms of the primitive cell): a label only when the atoms it adds (its multiplicity over
   the centering) leave counts that the group's remaining positions can still fill, so every sample ends with
   exactly the composition; EOS only then. Without one: at most `max_sites` atoms of the primitive cell.
-- spacing (`hf_crystal.constraints_geometry`): no last free coordinate of an orbit, and no fixed position, that
-  would put an atom closer than `min_distance` to another, where the grammar leaves another choice.
+- geometry (`hf_crystal.constraints_geometry`), where the grammar leaves another choice: no last free coordinate
+  of an orbit, and no fixed position, that would put an atom closer than `min_distance` to another; with a
+  requested space group, no label or value after which the crystal can only end in a larger group.
 
 The grammar is a character automaton over immutable states; each state's allowed tokens are found once by
 walking the vocabulary trie with only the characters the state can take (cached per state and shared by equal
 constraints across rows and calls, with the state's mask as a bool tensor); each row's state is advanced by its
 new tokens only, and the masks of all rows are applied in one `masked_fill` (docs/benchmarks.md has the speed).
-A request no orbit can meet (formula + space group) raises `ConstraintError` when the constraint is made, before
-generation.
+A request no orbit can meet (formula + space group), or only in a larger group, raises `ConstraintError` when the
+constraint is made, before generation.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import torch
@@ -48,10 +48,11 @@ from hf_crystal.constraints import (
     per_tokenizer,
     token_trie,
 )
-from hf_crystal.constraints_geometry import blocked_tokens
+from hf_crystal.constraints_geometry import blocked_tokens, group_reachable
 from hf_crystal.evaluation.validity import MIN_INTERATOMIC_DISTANCE
+from hf_crystal.orbit_counts import feasible_groups, fillable, positions
 from hf_crystal.text import ELEMENT_SYMBOLS
-from hf_crystal.text_wyckoff import _CENTERING_VECTORS, lattice_parameter_names
+from hf_crystal.text_wyckoff import lattice_parameter_names
 
 __all__ = ["WyckoffConstraint", "WyckoffLogitsProcessor", "feasible_groups"]
 
@@ -65,57 +66,6 @@ _SYMBOL_NEXT = {
 _DIGITS = "0123456789"
 _DIGIT_SET = frozenset(_DIGITS)
 _EOS = None  # the "character" EOS in the automaton
-
-
-@cache
-def _positions(number: int) -> tuple[tuple[str, int, int, bool], ...]:
-    """(label, atoms in the primitive cell, free coordinates, fixed) of each Wyckoff position of a group, "a"
-    first. Read from pyxtal's tables directly (all 230 groups in well under a second, for feasibility)."""
-    from pyxtal.symmetry import Group, get_wyckoffs, letters
-
-    per_cell = 1 + len(_CENTERING_VECTORS[Group(number, quick=True).symbol[0]])
-    positions = []
-    for rank, ops in enumerate(reversed(get_wyckoffs(number))):
-        dof = int((np.abs(ops[0].rotation_matrix).sum(axis=0) > 0).sum())
-        positions.append((f"{len(ops)}{letters[rank]}", len(ops) // per_cell, dof, dof == 0))
-    return tuple(positions)
-
-
-@cache
-def _free_sums(number: int, limit: int) -> frozenset[int]:
-    """Atom counts (up to `limit`) that orbits on positions with free coordinates can make, any number of each."""
-    sizes = sorted({m for _, m, _, fixed in _positions(number) if not fixed})
-    reach = np.zeros(limit + 1, dtype=bool)
-    reach[0] = True
-    for n in range(1, limit + 1):
-        reach[n] = any(reach[n - m] for m in sizes if m <= n)
-    return frozenset(np.flatnonzero(reach).tolist())
-
-
-@cache
-def _fillable(number: int, counts: tuple[int, ...], used: frozenset[str]) -> bool:
-    """Whether orbits of group `number` can hold exactly `counts` atoms per element, the fixed positions in
-    `used` being taken already (each fixed position holds one orbit)."""
-    if not counts:
-        return True
-    limit = max(counts)
-    free = _free_sums(number, limit)
-    fixed = [(label, m) for label, m, _, is_fixed in _positions(number) if is_fixed and label not in used]
-    first, rest = counts[0], counts[1:]
-    # Which fixed positions the first element takes (a subset), the rest of its atoms on free positions.
-    for mask in range(1 << len(fixed)):
-        chosen = [fixed[i] for i in range(len(fixed)) if mask >> i & 1]
-        total = sum(m for _, m in chosen)
-        if total <= first and first - total in free:
-            if _fillable(number, rest, used | frozenset(label for label, _ in chosen)):
-                return True
-    return False
-
-
-def feasible_groups(composition: Mapping[str, int]) -> list[int]:
-    """Space groups whose Wyckoff positions can hold `composition` (atoms of the primitive cell)."""
-    counts = tuple(sorted(int(n) for n in composition.values()))
-    return [n for n in range(1, 231) if _fillable(n, counts, frozenset())]
 
 
 @dataclass(frozen=True)
@@ -164,6 +114,12 @@ class WyckoffConstraint:
                 f"no Wyckoff orbits of {where} add up to {dict(self.composition)} (atoms of the primitive cell): "
                 "ask for another space group or number of formula units"
             )
+        counts = tuple(sorted((s, int(n)) for s, n in self.composition.items()))
+        if self.spacegroup is not None and not group_reachable(int(self.spacegroup), counts):
+            raise ConstraintError(
+                f"the Wyckoff orbits of space group {self.spacegroup} that add up to {dict(self.composition)} (atoms "
+                "of the primitive cell) make crystals of larger groups only: ask for another number of formula units"
+            )
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -172,7 +128,7 @@ class WyckoffConstraint:
         if self.composition is None:
             return tuple(candidates)
         counts = tuple(sorted(int(n) for n in self.composition.values()))
-        return tuple(n for n in candidates if _fillable(n, counts, frozenset()))
+        return tuple(n for n in candidates if fillable(n, counts, frozenset()))
 
     @property
     def max_new_tokens(self) -> int:
@@ -217,14 +173,14 @@ class _Grammar:
             return False
         left[element] -= atoms
         counts = tuple(sorted(n for n in left.values() if n))
-        return _fillable(group, counts, used | {label} if fixed else used)
+        return fillable(group, counts, used | {label} if fixed else used)
 
     def labels(self, context, element: str) -> list[tuple[str, int, int, bool]]:
         """The Wyckoff positions an orbit of `element` may take in `context` (cached)."""
         key = (context, element)
         if key not in self._labels:
             self._labels[key] = [
-                p for p in _positions(context[0]) if self._fits(context, element, p[0], p[1], p[3])
+                p for p in positions(context[0]) if self._fits(context, element, p[0], p[1], p[3])
             ]
         return self._labels[key]
 
@@ -237,7 +193,7 @@ class _Grammar:
             return False
         return any(
             not (fixed and label in used) and sites + atoms <= self.max_sites
-            for label, atoms, _, fixed in _positions(group)
+            for label, atoms, _, fixed in positions(group)
         )
 
     def startable(self, context) -> tuple[frozenset[str], frozenset[str]]:
@@ -255,7 +211,8 @@ class _Grammar:
             self._startable[context] = elements, prefixes
         return self._startable[context]
 
-    def _after_label(self, context, element: str, position) -> tuple:
+    def after_label(self, context, element: str, position) -> tuple:
+        """The orbit context once an orbit of `element` takes Wyckoff position `position` (a `labels` entry)."""
         group, remaining, used, sites = context
         label, atoms, _, fixed = position
         if remaining is not None:
@@ -316,7 +273,7 @@ class _Grammar:
             for position in self.labels(context, element):
                 if position[0].startswith(prefix + ch):
                     if prefix + ch == position[0]:
-                        after = self._after_label(context, element, position)
+                        after = self.after_label(context, element, position)
                         return ("value", after, position[2], 0) if position[2] else ("end", after)
                     return ("label", context, element, prefix + ch)
             return None
@@ -408,6 +365,8 @@ _ANY_CONTEXT = ("any context",)
 # Rules kept per tokenizer, and states kept per rule (then its cache starts again): bounds the memory of a
 # long-lived pipeline; a batch of unconditional samples reaches a few thousand states.
 _MAX_RULES = 64
+# Phases where `hf_crystal.constraints_geometry` may block tokens: a coordinate, a label, the end of an orbit line.
+_PLACING = frozenset({"value", "label", "end"})
 _MAX_STATES = 20_000
 
 
@@ -441,6 +400,7 @@ class _Rule:
         self.grammar = _Grammar(constraint)
         self.vocabulary = vocabulary
         self.min_distance = float(constraint.min_distance)
+        self.keep_group = constraint.spacegroup is not None
         self._nodes: dict[tuple, _Node] = {}
         self._templates: dict[tuple, _Node | None] = {}  # per state of a context-free phase, any context
 
@@ -619,14 +579,16 @@ class WyckoffLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(blocked.to(scores.device), float("-inf"))
 
     def _space(self, blocked: torch.Tensor, generated: torch.Tensor) -> None:
-        """Add to `blocked` the tokens that would write two atoms too close (`hf_crystal.constraints_geometry`),
-        for the rows about to write the last coordinate of an orbit or a Wyckoff label."""
+        """Add to `blocked` the tokens that would place atoms badly (`hf_crystal.constraints_geometry`): too close,
+        or, where a space group was requested, so that the crystal cannot end in it."""
         for row, node in enumerate(self._nodes):
             rule = self._row_rules[row]
-            if node is None or not rule.min_distance or node.state[0] not in ("value", "label"):
+            if node is None or node.state[0] not in _PLACING or not (rule.min_distance or rule.keep_group):
                 continue
             texts = rule.vocabulary.texts
             text = "".join(texts[t] or "" for t in generated[row].tolist())
-            tokens = blocked_tokens(node.state, node.moves, text, texts, rule.min_distance)
+            tokens = blocked_tokens(
+                node.state, node.moves, text, texts, rule.grammar, rule.min_distance, rule.keep_group
+            )
             if tokens:
                 blocked[row, tokens] = True

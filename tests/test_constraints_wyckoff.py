@@ -12,6 +12,7 @@ from transformers import pipeline
 
 from hf_crystal.constraints import ConstraintError
 from hf_crystal.constraints_wyckoff import WyckoffConstraint, WyckoffLogitsProcessor, _Rule, _vocabulary
+from hf_crystal.symmetry import space_group
 from hf_crystal.testing import save_tiny_llama
 from hf_crystal.text import decode
 from hf_crystal.tokenization import build_crystal_tokenizer
@@ -33,7 +34,7 @@ def _walk(rule: _Rule, tokenizer, rng: np.random.Generator) -> str:
 @pytest.mark.parametrize(
     "constraint",
     [
-        WyckoffConstraint(spacegroup=225, composition={"Na": 2, "Cl": 2}),
+        WyckoffConstraint(spacegroup=225, composition={"Na": 1, "Cl": 1}),
         WyckoffConstraint(composition={"Sr": 1, "Ti": 1, "O": 3}),
         WyckoffConstraint(spacegroup=166, composition={"Bi": 2}),
         WyckoffConstraint(spacegroup=14, composition={"Zr": 4, "O": 8}),
@@ -67,6 +68,11 @@ def test_impossible_requests_raise_before_generation():
         WyckoffConstraint(spacegroup=227, composition={"Na": 1, "Cl": 1})  # Fd-3m orbits hold >= 2 atoms
     with pytest.raises(ConstraintError, match="1-230"):
         WyckoffConstraint(spacegroup=231)
+    # Two Tl and two Sb on the four fixed positions of F-43m make Fd-3m or Fm-3m crystals, never F-43m (zincblende
+    # has one of each).
+    with pytest.raises(ConstraintError, match="larger groups only"):
+        WyckoffConstraint(spacegroup=216, composition={"Tl": 2, "Sb": 2})
+    assert WyckoffConstraint(spacegroup=216, composition={"Tl": 1, "Sb": 1}).groups == (216,)
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +164,30 @@ def test_random_coordinates_are_spaced():
 
     def valid(min_distance):
         rng = np.random.default_rng(0)
-        request = {"spacegroup": 123, "composition": {"Sr": 2, "Ti": 2, "O": 6}, "min_distance": min_distance}
+        request = {"composition": {"Sr": 2, "Ti": 2, "O": 6}, "min_distance": min_distance}  # group as written
         texts = [_random_completion("123\n4.0 6.0\n", rng, **request) for _ in range(20)]
         return sum(validity_flags(decode(t, format="wyckoff"))["struct_valid"] for t in texts)
 
     assert valid(0.5) == 20
     assert valid(0) < 15  # without spacing, random coordinates often collide (7 of 20 valid at this seed)
+
+
+def test_a_requested_group_is_kept_not_exceeded():
+    """Orbits on (0,0,z) of R32 with 3 Ni + 2 S are always R-3m: only Ni on 9d or 9e can end in R32."""
+    request = {"composition": {"Ni": 3, "S": 2}}
+    assert _allowed_after("155\n5.0 15.1\nNi ", spacegroup=155, **request) == {"9"}
+    assert _allowed_after("155\n5.0 15.1\nNi ", **request) == {"3", "6", "9"}  # no group requested
+    # Without a composition, EOS waits for the group: Na on 4a of F-43m alone is fcc (Fm-3m).
+    assert _allowed_after("216\n5.0\nNa 4a", spacegroup=216) == {"\n"}
+    assert _allowed_after("216\n5.0\nNa 4a") == {"\n", "</s>"}
+
+    def in_group(**constraint):
+        rng = np.random.default_rng(0)
+        texts = [_random_completion("155\n5.0 15.1\n", rng, **request, **constraint) for _ in range(20)]
+        return sum(space_group(decode(t, format="wyckoff"), 0.1) == 155 for t in texts)
+
+    assert in_group(spacegroup=155) == 20
+    assert in_group() < 10  # 7 of 20 at this seed
 
 
 def test_pipeline_passes_min_distance(wyckoff_pipe, tmp_path):
