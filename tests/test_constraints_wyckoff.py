@@ -164,7 +164,8 @@ def test_random_coordinates_are_spaced():
 
     def valid(min_distance):
         rng = np.random.default_rng(0)
-        request = {"composition": {"Sr": 2, "Ti": 2, "O": 6}, "min_distance": min_distance}  # group as written
+        # No group requested: spacing alone (the walk writes group 123).
+        request = {"composition": {"Sr": 2, "Ti": 2, "O": 6}, "min_distance": min_distance}
         texts = [_random_completion("123\n4.0 6.0\n", rng, **request) for _ in range(20)]
         return sum(validity_flags(decode(t, format="wyckoff"))["struct_valid"] for t in texts)
 
