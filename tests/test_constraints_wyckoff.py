@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,28 @@ def test_a_requested_group_is_kept_not_exceeded():
 
     assert in_group(spacegroup=155) == 20
     assert in_group() < 10  # 7 of 20 at this seed
+
+
+MP20_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_20" / "val.csv"
+
+
+@pytest.mark.skipif(not MP20_VAL.exists(), reason=f"MP-20 val ({MP20_VAL}) is absent")
+def test_real_crystals_are_reachable_in_their_own_group():
+    """The refusal of requests whose orbits make larger groups only never refuses a real crystal's own group and
+    primitive composition (the crystal is a witness): the first 200 of MP-20 val."""
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    from hf_crystal.constraints_geometry import group_reachable
+    from hf_crystal.text import encode
+
+    refused = []
+    for cif in pd.read_csv(MP20_VAL, nrows=200).cif:
+        crystal = decode(encode(Structure.from_str(cif, fmt="cif"), format="wyckoff"), format="wyckoff")
+        counts = tuple(sorted((el.symbol, int(n)) for el, n in crystal.composition.items()))
+        if not group_reachable(crystal.properties["spacegroup"], counts):
+            refused.append((crystal.properties["spacegroup"], counts))
+    assert not refused
 
 
 def test_pipeline_passes_min_distance(wyckoff_pipe, tmp_path):
