@@ -49,10 +49,11 @@ _VALUES = np.arange(100) / 100  # every "0.dd"
 _SHIFTS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=float)
 _VALUE_CHARS = frozenset("0123456789.")
 _LABEL = re.compile(r"\d+[a-zA-Z]")
-# Endings of a crystal tried (spglib calls) before a label (a request) is taken as able to end in its group.
+# Endings of a crystal tried before a label (a request) is taken as able to end in its group, and random draws of
+# the free coordinates (one spglib call each) per ending.
 _LABEL_BUDGET = 16
-_DRAWS = 2
 _REQUEST_BUDGET = 128
+_DRAWS = 2
 
 
 def _shortest(diff: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -167,7 +168,7 @@ def _written(text: str) -> _Written:
     lines = text.split("\n")
     if (
         len(lines) == 2
-    ):  # no orbit yet: read the lattice with a placeholder orbit on position "a", then drop it
+    ):  # no orbit yet: the lattice, read with a placeholder orbit on position "a" then dropped
         a = space_group_table(int(lines[0])).positions[0]
         crystal = parse("\n".join([*lines, f"H {a.label}" + " 0" * a.dof]))
         return _Written(WyckoffText(crystal.spacegroup, crystal.lattice, ()))
