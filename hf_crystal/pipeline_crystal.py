@@ -83,7 +83,10 @@ class CrystalGenerationPipeline(Pipeline):
             refiner's own default).
         symmetry_tolerance: the refiner keeps each sample's space group found at this tolerance (Å; default
             the refiner's, 0.1; None turns it off); each sample says how in `refine_symmetry`
-            (`hf_crystal.symmetry.REFINE_CASES`).
+            (`hf_crystal.symmetry.REFINE_CASES`). A sample that asked for a space group, written structurally
+            valid and in it at this tolerance, keeps its written structure as `refined_structure` when the refined
+            one is not in it (`refine_symmetry` "as written (refined left the requested group)"): refinement
+            does not break a request.
         seed: seeds the whole call (`transformers.set_seed`), for reproducible sampling.
         temperature: 0 means greedy; other generation parameters (top_p, top_k, max_new_tokens, ...) go
             to `model.generate`.
@@ -280,8 +283,14 @@ class CrystalGenerationPipeline(Pipeline):
         for sample, n, asked in zip(samples, attempts, conditions, strict=True):
             sample["conditions"], sample["attempts"] = dict(asked), n
         if self.refiner is not None:
+            from hf_crystal.refiner.pipeline_refiner import DEFAULT_SYMMETRY_TOLERANCE
+            from hf_crystal.symmetry import KEPT_AS_WRITTEN
+
             refined, cases = self._refine(samples, refine_options)
+            tolerance = refine_options.get("symmetry_tolerance", DEFAULT_SYMMETRY_TOLERANCE)
             for sample, structure, case in zip(samples, refined, cases, strict=True):
+                if tolerance is not None and _left_requested_group(sample, structure, tolerance):
+                    structure, case = sample["structure"], KEPT_AS_WRITTEN
                 sample["refined_structure"] = structure
                 sample["refined_valid"] = structure is not None and validity_flags(structure)["valid"]
                 sample["refine_symmetry"] = case
@@ -363,3 +372,19 @@ class CrystalGenerationPipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
         return list(model_outputs["samples"].reshape(-1))
+
+
+def _left_requested_group(sample: dict, refined, tolerance: float) -> bool:
+    """Whether refinement took a sample out of the space group its conditions asked for, the written structure
+    being structurally valid and in it (spglib at `tolerance`)."""
+    from hf_crystal.symmetry import space_group, structurally_valid
+
+    asked, written = sample["conditions"].get("spacegroup"), sample["structure"]
+    return (
+        asked is not None
+        and refined is not None
+        and written is not None
+        and structurally_valid(written)
+        and space_group(written, tolerance) == asked
+        and space_group(refined, tolerance) != asked
+    )

@@ -1,5 +1,8 @@
 """The refiner inside pipeline("crystal-generation"), `hf-crystal generate --refiner` and `hf-crystal refine`."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from factories import rocksalt, structures
@@ -149,3 +152,48 @@ def test_refine_command_is_seeded(tmp_path):
         assert main([*argv, "--steps", "3", "--out", str(out)]) == 0
         texts.append(out.read_text())
     assert texts[0] == texts[1] != texts[2]
+
+
+class _Scrambler:
+    """A stand-in refiner that moves every atom at random (no symmetry kept), as a poor refiner could."""
+
+    scheduler = None
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+    def __call__(self, structures, batch_size=1, **options):
+        from types import SimpleNamespace
+
+        rng = np.random.default_rng(0)
+        moved = [s.copy() for s in structures]
+        for s in moved:
+            for i in range(len(s)):
+                s.translate_sites([i], rng.normal(0, 0.3, 3), frac_coords=False)
+        return SimpleNamespace(structures=moved, symmetry_cases=["tolerance"] * len(moved))
+
+
+def test_refinement_that_leaves_a_requested_group_is_not_applied(tmp_path):
+    from hf_crystal.symmetry import KEPT_AS_WRITTEN, space_group
+
+    folder = save_tiny_llama(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "crystal_format": "wyckoff"}))
+    pipe = pipeline("crystal-generation", model=str(folder), refiner=_Scrambler())
+    asked = pipe({"formula": "NaCl", "spacegroup": 225}, num_return_sequences=3, seed=0)
+    for sample in asked:
+        assert space_group(sample["structure"], 0.1) == 225
+        assert (
+            sample["refined_structure"] is sample["structure"]
+            and sample["refine_symmetry"] == KEPT_AS_WRITTEN
+        )
+    for sample in [
+        *pipe({"formula": "NaCl"}, num_return_sequences=3, seed=0),  # no group asked for
+        *pipe(
+            {"formula": "NaCl", "spacegroup": 225}, num_return_sequences=3, seed=0, symmetry_tolerance=None
+        ),
+    ]:
+        assert (
+            sample["refined_structure"] is not sample["structure"]
+            and sample["refine_symmetry"] == "tolerance"
+        )
