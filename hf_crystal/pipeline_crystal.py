@@ -83,7 +83,7 @@ class CrystalGenerationPipeline(Pipeline):
             refiner's own default).
         symmetry_tolerance: the refiner keeps each sample's space group found at this tolerance (Å; default
             the refiner's, 0.1; None turns it off); each sample says how in `refine_symmetry`
-            (`hf_crystal.symmetry.REFINE_CASES`). A sample that asked for a space group, written structurally
+            (`hf_crystal.symmetry.GENERATION_CASES`). A sample that asked for a space group, written structurally
             valid and in it at this tolerance, keeps its written structure as `refined_structure` when the refined
             one is not in it (`refine_symmetry` "as written (refined left the requested group)"): refinement
             does not break a request.

@@ -33,6 +33,7 @@ from hf_crystal.refiner.manifold import (
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
+    "GENERATION_CASES",
     "KEPT_AS_WRITTEN",
     "REFINE_CASES",
     "RETRIED_CASES",
@@ -61,10 +62,12 @@ SYMMETRIZE_CASES = ("tolerance", "tolerance/10", "tolerance/100", "plain")
 # structure whose refined output was structurally invalid (two atoms closer than 0.5 Å or a cell under 0.1 Å^3), the
 # rung of the ladder below it at which it was refined again (its output is invalid once more only in the last).
 RETRIED_CASES = ("tolerance/10 (retried)", "tolerance/100 (retried)", "plain (retried)")
+REFINE_CASES = SYMMETRIZE_CASES + RETRIED_CASES
 # A generated sample asked for a space group, written valid and in it, whose refined structure is not: the
-# generation pipeline keeps the written structure as the refined one.
+# generation pipeline keeps the written structure as the refined one. How a generated sample's refinement ended:
+# a `REFINE_CASES` case or that one.
 KEPT_AS_WRITTEN = "as written (refined left the requested group)"
-REFINE_CASES = SYMMETRIZE_CASES + RETRIED_CASES + (KEPT_AS_WRITTEN,)
+GENERATION_CASES = REFINE_CASES + (KEPT_AS_WRITTEN,)
 # Image-atom pairs compared at once when mapping atoms (bounds the memory of a supercell's thousands of operations).
 _ATOM_MAP_CHUNK = 1 << 18
 # Closer than this (Å), two atoms make a structure invalid (CDVAE's structural validity).

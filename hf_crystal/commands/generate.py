@@ -97,7 +97,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         f"wrote {totals['written']} to {args.out}" + (f" (resumed at sample {start})" if start else "")
     )
     if cases:
-        print(f"refiner symmetry (tolerance {options['symmetry_tolerance']} Å): {case_counts(cases)}")
+        from hf_crystal.symmetry import GENERATION_CASES
+
+        counts = case_counts(cases, GENERATION_CASES)
+        print(f"refiner symmetry (tolerance {options['symmetry_tolerance']} Å): {counts}")
         _record_symmetry_cases(writer.path, cases, resumed=bool(start))
     return 0
 
@@ -106,12 +109,12 @@ def _record_symmetry_cases(samples: Path, cases: list, resumed: bool) -> None:
     """Add how the refiner kept the samples' symmetry to the generation record (shown by `evaluate`)."""
     import json
 
-    from hf_crystal.symmetry import REFINE_CASES
+    from hf_crystal.symmetry import GENERATION_CASES
 
     path = generation_record_path(samples)
     record = json.loads(path.read_text())
     key = "refine_symmetry_cases" + ("_after_resume" if resumed else "")
-    record[key] = {case: cases.count(case) for case in REFINE_CASES}
+    record[key] = {case: cases.count(case) for case in GENERATION_CASES}
     path.write_text(json.dumps(record, indent=1))
 
 

@@ -63,11 +63,12 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def case_counts(cases: list) -> str:
-    """'tolerance: 9, tolerance/10: 1, ...': how many structures kept their group at which tolerance."""
+def case_counts(cases: list, names: tuple[str, ...] | None = None) -> str:
+    """'tolerance: 9, tolerance/10: 1, ...': how many structures kept their group at which tolerance (`names`:
+    the cases listed, default `hf_crystal.symmetry.REFINE_CASES`)."""
     from hf_crystal.symmetry import REFINE_CASES
 
-    return ", ".join(f"{case}: {cases.count(case)}" for case in REFINE_CASES)
+    return ", ".join(f"{case}: {cases.count(case)}" for case in names or REFINE_CASES)
 
 
 def add_parser(subparsers) -> None:
